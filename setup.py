@@ -1,0 +1,82 @@
+"""Builds regnet_kernels._C, one torch extension, from csrc/ with ninja.
+
+- C++ sources: csrc/*.cpp and csrc/cpu/**/*.cpp (always).
+- CUDA sources: csrc/cuda/**/*.cu, for sm_80 and sm_90, when torch is a CUDA build and nvcc
+  is found. REGNET_KERNELS_CUDA=1 forces them (and fails loudly without nvcc), =0 skips them.
+- No -march=native: the CPU kernels select AVX2/AVX-512 at run time (see csrc/cpu/README.md).
+- REGNET_KERNELS_ASAN=1 builds with AddressSanitizer (used by tools/asan_check.sh).
+"""
+
+import glob
+import os
+import shutil
+import sys
+
+from setuptools import find_packages, setup
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _rel(paths):
+    return sorted(os.path.relpath(p, HERE) for p in paths)
+
+
+def _cuda_wanted(torch):
+    flag = os.environ.get("REGNET_KERNELS_CUDA", "auto").lower()
+    if flag not in ("auto", "0", "1"):
+        sys.exit(f"REGNET_KERNELS_CUDA={flag!r}: expected auto, 0 or 1")
+    have_nvcc = bool(os.environ.get("CUDA_HOME") or shutil.which("nvcc"))
+    have = torch.version.cuda is not None and have_nvcc
+    if flag == "1" and not have:
+        sys.exit("REGNET_KERNELS_CUDA=1 but torch is not a CUDA build or nvcc was not found")
+    return have if flag == "auto" else flag == "1"
+
+
+def _nvidia_wheel_includes():
+    """Headers shipped in the nvidia-* wheels (cuBLAS, cuSPARSE...), which the minimal toolkit lacks."""
+    dirs = []
+    for p in sys.path:
+        for base in (os.path.join(p, "nvidia"),):
+            dirs += glob.glob(os.path.join(base, "*", "include")) + glob.glob(os.path.join(base, "cu*", "include"))
+    return sorted(set(d for d in dirs if os.path.isdir(d)))
+
+
+def extensions():
+    import torch
+    from torch.utils.cpp_extension import CppExtension, CUDAExtension
+
+    cpp = _rel(glob.glob(os.path.join(HERE, "csrc", "*.cpp")) + glob.glob(os.path.join(HERE, "csrc", "cpu", "**", "*.cpp"), recursive=True))
+    cu = _rel(glob.glob(os.path.join(HERE, "csrc", "cuda", "**", "*.cu"), recursive=True))
+    with_cuda = _cuda_wanted(torch) and bool(cu)
+    cxx = ["-O3", "-std=c++17", "-fvisibility=hidden"]
+    ldflags = []
+    if os.environ.get("REGNET_KERNELS_ASAN") == "1":
+        cxx += ["-fsanitize=address", "-fno-omit-frame-pointer", "-O1", "-g"]
+        ldflags += ["-fsanitize=address"]
+    macros = [("REGNET_WITH_CUDA", "1" if with_cuda else "0")]
+    include_dirs = [os.path.join(HERE, "csrc")]
+    if with_cuda:
+        nvcc = ["-O3", "-std=c++17", "--expt-relaxed-constexpr", "-lineinfo",
+                "-gencode=arch=compute_80,code=sm_80", "-gencode=arch=compute_90,code=sm_90",
+                "-gencode=arch=compute_90,code=compute_90"]
+        # torch's defaults add gencode flags for TORCH_CUDA_ARCH_LIST; pin ours.
+        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
+        return [CUDAExtension("regnet_kernels._C", cpp + cu, include_dirs=include_dirs + _nvidia_wheel_includes(),
+                              define_macros=macros, extra_compile_args={"cxx": cxx, "nvcc": nvcc},
+                              extra_link_args=ldflags)]
+    return [CppExtension("regnet_kernels._C", cpp, include_dirs=include_dirs, define_macros=macros,
+                         extra_compile_args={"cxx": cxx}, extra_link_args=ldflags)]
+
+
+def main():
+    from torch.utils.cpp_extension import BuildExtension
+
+    setup(
+        packages=find_packages(include=["regnet", "regnet.*", "regnet_kernels", "regnet_kernels.*"]),
+        ext_modules=extensions(),
+        cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+    )
+
+
+if __name__ == "__main__":
+    main()
