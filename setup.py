@@ -48,7 +48,7 @@ def extensions():
     cpp = _rel(glob.glob(os.path.join(HERE, "csrc", "*.cpp")) + glob.glob(os.path.join(HERE, "csrc", "cpu", "**", "*.cpp"), recursive=True))
     cu = _rel(glob.glob(os.path.join(HERE, "csrc", "cuda", "**", "*.cu"), recursive=True))
     with_cuda = _cuda_wanted(torch) and bool(cu)
-    cxx = ["-O3", "-std=c++17", "-fvisibility=hidden"]
+    cxx = ["-O3", "-std=c++20", "-fvisibility=hidden"]
     ldflags = []
     if os.environ.get("REGNET_KERNELS_ASAN") == "1":
         cxx += ["-fsanitize=address", "-fno-omit-frame-pointer", "-O1", "-g"]
@@ -56,7 +56,7 @@ def extensions():
     macros = [("REGNET_WITH_CUDA", "1" if with_cuda else "0")]
     include_dirs = [os.path.join(HERE, "csrc")]
     if with_cuda:
-        nvcc = ["-O3", "-std=c++17", "--expt-relaxed-constexpr", "-lineinfo",
+        nvcc = ["-O3", "-std=c++20", "--expt-relaxed-constexpr", "-lineinfo",
                 "-gencode=arch=compute_80,code=sm_80", "-gencode=arch=compute_90,code=sm_90",
                 "-gencode=arch=compute_90,code=compute_90"]
         # torch's defaults add gencode flags for TORCH_CUDA_ARCH_LIST; pin ours.

@@ -100,7 +100,8 @@ def torchvision_stage_specs(depth: int, w0: int, wa: float, wm: float, group_w: 
     multiple of the (capped) group width with :func:`_make_divisible`.
     """
     check_design(depth, w0, wa, wm, group_w, bot_mul, se_r, q)
-    u = torch.arange(depth) * wa + w0  # float32, like torchvision
+    # float32 like torchvision; on the CPU whatever the default device (e.g. building on meta)
+    u = torch.arange(depth, dtype=torch.float32, device="cpu") * wa + w0
     k = torch.round(torch.log(u / w0) / math.log(wm))
     block_ws = (torch.round(w0 * torch.pow(wm, k) / q) * q).int().tolist()
     specs = []

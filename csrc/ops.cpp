@@ -1,0 +1,50 @@
+// Schemas of the native ops (namespace regnet_kernels) and the module's build report.
+// CPU kernels register their implementations in csrc/cpu/, CUDA kernels in csrc/cuda/.
+#include <torch/extension.h>
+#include <torch/library.h>
+
+#include <map>
+#include <string>
+
+#include "common.h"
+
+TORCH_LIBRARY(regnet_kernels, m) {
+  // Per-(n, c) sums over H, W in fp32 (the SE squeeze), for a channels-last x.
+  m.def("channel_sums(Tensor x) -> Tensor");
+  // conv (BN folded into weight, bias) [+ residual] [+ ReLU]; see regnet_kernels/ops/conv_bn_act.py.
+  m.def("conv_bn_act(Tensor x, Tensor weight, Tensor? bias, int stride, int padding, int groups, "
+        "Tensor? residual, bool relu) -> Tensor");
+  // K2: conv + bias [+ ReLU] that also returns the fp32 per-(n, c) sums of its output.
+  m.def("conv_bn_act_sums(Tensor x, Tensor weight, Tensor? bias, int stride, int padding, int groups, "
+        "bool relu) -> (Tensor, Tensor)");
+  // Squeeze-excitation gate x * sigmoid(W2 relu(W1 mean(x) + b1) + b2) [+ residual] [+ ReLU];
+  // `sums` (fp32 [N, C]) replaces the mean's pass over x when given.
+  m.def("se_gate(Tensor x, Tensor w1, Tensor b1, Tensor w2, Tensor b2, Tensor? residual, bool relu, "
+        "Tensor? sums) -> Tensor");
+  // K4: 1x1 conv of (x * gate[n, c]) + bias [+ residual] [+ ReLU].
+  m.def("gated_conv1x1(Tensor x, Tensor gate, Tensor weight, Tensor? bias, Tensor? residual, bool relu) -> Tensor");
+}
+
+namespace {
+std::map<std::string, std::string> build_info() {
+  std::map<std::string, std::string> info;
+  info["torch_version"] = TORCH_VERSION;
+#if REGNET_WITH_CUDA
+  info["cuda"] = "yes";
+#else
+  info["cuda"] = "no";
+#endif
+#ifdef __VERSION__
+  info["compiler"] = __VERSION__;
+#endif
+  info["cxx_standard"] = std::to_string(__cplusplus);
+  return info;
+}
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "regnet_kernels native ops (CPU and, when built with CUDA, GPU)";
+  m.def("build_info", &build_info, "How this extension was built");
+  m.def("set_poison_outputs", [](bool on) { regnet_kernels::poison_outputs_flag().store(on); },
+        "Fill native op outputs with NaN before kernels run (testing)");
+}

@@ -1,0 +1,44 @@
+"""Fake (meta) implementations of the native ops of regnet_kernels._C, shared by the cpu and
+cuda backends, so torch.compile can trace them without running them. Shapes and layouts come
+from the same checks the public ops use."""
+
+from __future__ import annotations
+
+import torch
+
+from .. import _ext
+from ..ops.checks import check_conv, check_gated_conv1x1, empty_like_layout
+
+EXT = _ext.load()
+NAMESPACE = "regnet_kernels"
+
+
+def native_op(name: str):
+    """torch.ops.regnet_kernels.<name>, or None when the extension is not built."""
+    return getattr(getattr(torch.ops, NAMESPACE), name) if EXT is not None else None
+
+
+if EXT is not None:
+
+    @torch.library.register_fake(f"{NAMESPACE}::channel_sums")
+    def _channel_sums_fake(x):
+        return x.new_empty((x.shape[0], x.shape[1]), dtype=torch.float32)
+
+    @torch.library.register_fake(f"{NAMESPACE}::conv_bn_act")
+    def _conv_bn_act_fake(x, weight, bias, stride, padding, groups, residual, relu):
+        _, shape = check_conv(x, weight, bias, stride, padding, groups, residual)
+        return empty_like_layout(x, shape)
+
+    @torch.library.register_fake(f"{NAMESPACE}::conv_bn_act_sums")
+    def _conv_bn_act_sums_fake(x, weight, bias, stride, padding, groups, relu):
+        _, shape = check_conv(x, weight, bias, stride, padding, groups, None)
+        return empty_like_layout(x, shape), x.new_empty((shape[0], shape[1]), dtype=torch.float32)
+
+    @torch.library.register_fake(f"{NAMESPACE}::se_gate")
+    def _se_gate_fake(x, w1, b1, w2, b2, residual, relu, sums):
+        return empty_like_layout(x, x.shape)
+
+    @torch.library.register_fake(f"{NAMESPACE}::gated_conv1x1")
+    def _gated_conv1x1_fake(x, gate, weight, bias, residual, relu):
+        _, shape = check_gated_conv1x1(x, gate, weight, bias, residual)
+        return empty_like_layout(x, shape)

@@ -1,0 +1,100 @@
+"""Backend selection for every op.
+
+Each backend registers, per op, a ``supports(**args) -> list[str]`` (the reasons it cannot
+serve these arguments; empty means it can) and an implementation taking the same arguments.
+``auto`` tries backends in ``AUTO_ORDER`` and takes the first with no reasons:
+
+    cuda    CUDA C++ in regnet_kernels._C     (CUDA tensors)
+    triton  Triton kernels                    (CUDA tensors; CPU tensors only when forced,
+                                               under TRITON_INTERPRET=1)
+    cpu     C++ in regnet_kernels._C          (CPU tensors, channels-last)
+    eager   plain PyTorch, the reference      (anything)
+
+``REGNET_KERNELS_BACKEND=<name>`` (or an op's ``backend=`` argument) forces one backend; if it
+cannot serve, the error lists its reasons. ``explain(op, **args)`` returns every backend's
+verdict, which ``python -m regnet_kernels.info`` prints.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Tuple
+
+__all__ = ["AUTO_ORDER", "BACKENDS", "register", "select", "explain", "BackendUnavailable", "forced_backend"]
+
+AUTO_ORDER = ("cuda", "triton", "cpu", "eager")
+BACKENDS = AUTO_ORDER
+ENV_VAR = "REGNET_KERNELS_BACKEND"
+
+
+class BackendUnavailable(RuntimeError):
+    """A forced backend cannot run the given arguments; the message lists why."""
+
+
+@dataclass
+class _Impl:
+    supports: Callable[..., List[str]]
+    run: Callable
+
+
+_REGISTRY: Dict[str, Dict[str, _Impl]] = {}
+_loaded_backends = False
+
+
+def register(op: str, backend: str, supports: Callable[..., List[str]], run: Callable) -> None:
+    if backend not in BACKENDS:
+        raise ValueError(f"backend={backend!r}: expected one of {BACKENDS}")
+    _REGISTRY.setdefault(op, {})[backend] = _Impl(supports, run)
+
+
+def _load_backends() -> None:
+    """Import the backend modules once; each registers what it implements."""
+    global _loaded_backends
+    if _loaded_backends:
+        return
+    _loaded_backends = True
+    from .backends import load_all
+
+    load_all()
+
+
+def forced_backend(backend: Optional[str]) -> Optional[str]:
+    """The backend named by the argument, else by $REGNET_KERNELS_BACKEND, else None (auto)."""
+    name = backend if backend is not None else os.environ.get(ENV_VAR) or None
+    if name is None or name == "auto":
+        return None
+    if name not in BACKENDS:
+        src = "backend" if backend is not None else f"${ENV_VAR}"
+        raise ValueError(f"{src}={name!r}: expected 'auto' or one of {BACKENDS}")
+    return name
+
+
+def explain(op: str, **args) -> List[Tuple[str, List[str]]]:
+    """(backend, reasons) for every backend in AUTO_ORDER; empty reasons = can serve."""
+    _load_backends()
+    impls = _REGISTRY.get(op, {})
+    out = []
+    for name in AUTO_ORDER:
+        impl = impls.get(name)
+        out.append((name, [f"{name} does not implement {op}"] if impl is None else impl.supports(**args)))
+    return out
+
+
+def select(op: str, backend: Optional[str] = None, **args) -> Tuple[str, Callable]:
+    """(backend name, implementation) for these arguments; see the module docstring."""
+    _load_backends()
+    impls = _REGISTRY.get(op, {})
+    forced = forced_backend(backend)
+    if forced is not None:
+        impl = impls.get(forced)
+        reasons = [f"{forced} does not implement {op}"] if impl is None else impl.supports(forced=True, **args)
+        if reasons:
+            raise BackendUnavailable(f"{op}: backend {forced!r} cannot serve these arguments: " + "; ".join(reasons))
+        return forced, impl.run
+    for name in AUTO_ORDER:
+        impl = impls.get(name)
+        if impl is not None and not impl.supports(**args):
+            return name, impl.run
+    verdicts = "; ".join(f"{n}: {', '.join(r)}" for n, r in explain(op, **args))
+    raise BackendUnavailable(f"{op}: no backend can serve these arguments ({verdicts})")

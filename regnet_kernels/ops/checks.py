@@ -1,0 +1,149 @@
+"""Argument checks shared by every op and backend: bad input gets a clear exception that
+names the argument and what was expected, before any kernel runs."""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor
+
+KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+# float64 is accepted by the eager backend only (it is the reference).
+ALL_DTYPES = KERNEL_DTYPES + (torch.float64,)
+SUPPORTED_STRIDES = (1, 2)
+SUPPORTED_KERNEL_SIZES = (1, 3)
+
+
+def fail(arg: str, expected: str, got) -> None:
+    raise ValueError(f"{arg}: expected {expected}, got {got}")
+
+
+def check_tensor(name: str, t, *, dim: Optional[int] = None, shape: Optional[Sequence[int]] = None,
+                 like: Optional[Tensor] = None, dtypes: Sequence[torch.dtype] = ALL_DTYPES) -> None:
+    if not isinstance(t, Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+    if dim is not None and t.dim() != dim:
+        fail(name, f"a {dim}-D tensor", f"{t.dim()}-D with shape {list(t.shape)}")
+    if shape is not None and list(t.shape) != list(shape):
+        fail(name, f"shape {list(shape)}", list(t.shape))
+    if t.dtype not in dtypes:
+        fail(name, f"dtype in {[str(d) for d in dtypes]}", t.dtype)
+    if like is not None:
+        if t.device != like.device:
+            fail(name, f"a tensor on {like.device} (the device of x)", t.device)
+
+
+def check_same_dtype(name: str, t: Tensor, x: Tensor) -> None:
+    if t.dtype != x.dtype:
+        fail(name, f"dtype {x.dtype} (the dtype of x)", t.dtype)
+
+
+def conv_out_size(size: int, k: int, stride: int, padding: int) -> int:
+    return (size + 2 * padding - k) // stride + 1
+
+
+def check_conv(x, weight, bias, stride, padding, groups, residual) -> Tuple[int, Tuple[int, int, int, int]]:
+    """Validate conv_bn_act's arguments; return (padding, output shape)."""
+    check_tensor("x", x, dim=4)
+    check_tensor("weight", weight, dim=4, like=x)
+    check_same_dtype("weight", weight, x)
+    if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
+        fail("groups", "an integer >= 1", groups)
+    n, c_in, h, w = x.shape
+    c_out, c_per_group, kh, kw = weight.shape
+    if kh != kw or kh not in SUPPORTED_KERNEL_SIZES:
+        fail("weight", f"a square kernel of size in {SUPPORTED_KERNEL_SIZES}", f"{kh}x{kw}")
+    if c_in % groups != 0:
+        fail("groups", f"a divisor of the {c_in} input channels of x", groups)
+    if c_out % groups != 0:
+        fail("groups", f"a divisor of the {c_out} output channels of weight", groups)
+    if c_per_group != c_in // groups:
+        fail("weight", f"shape [C_out, C_in/groups={c_in // groups}, {kh}, {kw}] for x with {c_in} channels", list(weight.shape))
+    if isinstance(stride, bool) or stride not in SUPPORTED_STRIDES:
+        fail("stride", f"one of {SUPPORTED_STRIDES}", stride)
+    same = (kh - 1) // 2
+    if padding is None:
+        padding = same
+    if isinstance(padding, bool) or padding != same:
+        fail("padding", f"{same} ('same' padding for a {kh}x{kh} kernel, the only one supported)", padding)
+    if bias is not None:
+        check_tensor("bias", bias, shape=[c_out], like=x)
+        check_same_dtype("bias", bias, x)
+    out_shape = (n, c_out, conv_out_size(h, kh, stride, padding), conv_out_size(w, kw, stride, padding))
+    if out_shape[2] < 1 or out_shape[3] < 1:
+        fail("x", "a spatial size that gives a non-empty output", list(x.shape))
+    if residual is not None:
+        check_tensor("residual", residual, shape=list(out_shape), like=x)
+        check_same_dtype("residual", residual, x)
+    return padding, out_shape
+
+
+def as_matrix(name: str, w: Tensor, rows: Optional[int], cols: Optional[int]) -> Tensor:
+    """Accept an FC weight [rows, cols] or a 1x1 conv weight [rows, cols, 1, 1] (a view, no copy)."""
+    check_tensor(name, w)
+    if w.dim() == 4 and w.shape[2:] == (1, 1):
+        w = w.view(w.shape[0], w.shape[1]) if w.is_contiguous() else w[:, :, 0, 0]
+    if w.dim() != 2:
+        fail(name, "a 2-D [out, in] or 1x1 conv [out, in, 1, 1] weight", list(w.shape))
+    if (rows is not None and w.shape[0] != rows) or (cols is not None and w.shape[1] != cols):
+        fail(name, f"shape [{rows if rows is not None else 'any'}, {cols if cols is not None else 'any'}]", list(w.shape))
+    return w
+
+
+def check_se(x, w1, b1, w2, b2, residual, sums):
+    """Validate se_gate's arguments; return (w1, w2) as 2-D matrices."""
+    check_tensor("x", x, dim=4)
+    n, c = x.shape[0], x.shape[1]
+    w1 = as_matrix("w1", w1, None, c)
+    c_se = w1.shape[0]
+    w2 = as_matrix("w2", w2, c, c_se)
+    check_tensor("b1", b1, shape=[c_se], like=x)
+    check_tensor("b2", b2, shape=[c], like=x)
+    for name, t in (("w1", w1), ("w2", w2)):
+        check_tensor(name, t, like=x)
+    if residual is not None:
+        check_tensor("residual", residual, shape=list(x.shape), like=x)
+        check_same_dtype("residual", residual, x)
+    if sums is not None:
+        check_tensor("sums", sums, shape=[n, c], like=x, dtypes=(torch.float32, torch.float64))
+    return w1, w2
+
+
+def check_gated_conv1x1(x, gate, weight, bias, residual):
+    """Validate gated_conv1x1's arguments; return (weight as [C_out, C_in], output shape)."""
+    check_tensor("x", x, dim=4)
+    n, c, h, w = x.shape
+    weight = as_matrix("weight", weight, None, c)
+    check_tensor("weight", weight, like=x)
+    check_same_dtype("weight", weight, x)
+    check_tensor("gate", gate, shape=[n, c], like=x)
+    out_shape = (n, weight.shape[0], h, w)
+    if bias is not None:
+        check_tensor("bias", bias, shape=[weight.shape[0]], like=x)
+        check_same_dtype("bias", bias, x)
+    if residual is not None:
+        check_tensor("residual", residual, shape=list(out_shape), like=x)
+        check_same_dtype("residual", residual, x)
+    return weight, out_shape
+
+
+def is_channels_last(x: Tensor) -> bool:
+    """True when the channel dim is the innermost (stride 1), the layout of the fused kernels."""
+    return x.dim() == 4 and (x.stride(1) == 1 or x.shape[1] == 1) and x.is_contiguous(memory_format=torch.channels_last)
+
+
+def memory_format_of(x: Tensor) -> torch.memory_format:
+    """The layout an op's output takes: channels_last in, channels_last out."""
+    return torch.channels_last if x.dim() == 4 and x.stride(1) == 1 and x.shape[1] > 1 else torch.contiguous_format
+
+
+# Set by regnet_kernels.testing.poison_outputs(): outputs start as NaN so unwritten elements show.
+POISON_OUTPUTS = False
+
+
+def empty_like_layout(x: Tensor, shape, dtype=None) -> Tensor:
+    """An output of `shape` in x's layout (channels_last in, channels_last out), uninitialised
+    (NaN under regnet_kernels.testing.poison_outputs)."""
+    out = torch.empty(shape, dtype=dtype or x.dtype, device=x.device, memory_format=memory_format_of(x))
+    return out.fill_(float("nan")) if POISON_OUTPUTS else out

@@ -1,0 +1,49 @@
+"""gated_conv1x1 (K4): y = act(conv1x1(x * gate[n, c], weight) + bias + residual).
+
+The SE gate is applied as x is loaded (prologue), so the gated activation is never written.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .. import dispatch
+from .checks import ALL_DTYPES, check_gated_conv1x1
+
+OP = "gated_conv1x1"
+
+
+def gated_conv1x1(
+    x: Tensor,
+    gate: Tensor,
+    weight: Tensor,
+    bias: Optional[Tensor] = None,
+    *,
+    residual: Optional[Tensor] = None,
+    relu: bool = True,
+    backend: Optional[str] = None,
+) -> Tensor:
+    """Args: x [N, C, H, W]; gate [N, C] (fp32, from se_excite, or x's dtype); weight [C_out, C]
+    or [C_out, C, 1, 1]; bias [C_out]; residual [N, C_out, H, W]; relu: ReLU last."""
+    weight, _ = check_gated_conv1x1(x, gate, weight, bias, residual)
+    _, run = dispatch.select(OP, backend, x=x, gate=gate, weight=weight, bias=bias, residual=residual, relu=relu)
+    return run(x, gate, weight, bias, residual, relu)
+
+
+def gated_conv1x1_eager(x, gate, weight, bias, residual, relu):
+    xg = x * gate.to(x.dtype)[:, :, None, None]
+    y = F.conv2d(xg, weight[:, :, None, None], bias)
+    if residual is not None:
+        y = y + residual
+    return torch.relu(y) if relu else y
+
+
+def _eager_supports(*, x, forced=False, **_):
+    return [] if x.dtype in ALL_DTYPES else [f"eager: dtype {x.dtype} not supported"]
+
+
+dispatch.register(OP, "eager", _eager_supports, gated_conv1x1_eager)

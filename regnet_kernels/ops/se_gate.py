@@ -1,0 +1,71 @@
+"""Squeeze-excitation.
+
+se_excite (K3): gate[n, c] = sigmoid(W2 relu(W1 (sums[n] / HW) + b1) + b2), fp32, on [N, C].
+se_gate: y = x * gate [+ residual] [+ ReLU], in one pass over x when a kernel backend runs it.
+The mean comes from `sums` (fp32 per-(n, c) sums, e.g. from conv_bn_act(channel_sums=True))
+when given, else from x. Accumulation is fp32 whatever the dtype of x.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .. import dispatch
+from .checks import ALL_DTYPES, check_se
+
+OP = "se_gate"
+
+
+def se_excite(sums: Tensor, hw: int, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor) -> Tensor:
+    """K3, the SE MLP on [N, C] sums of a map of hw pixels: fp32 gate [N, C] (float64 for float64)."""
+    acc = torch.float64 if sums.dtype == torch.float64 else torch.float32
+    mean = sums.to(acc) / hw
+    hidden = torch.relu(F.linear(mean, w1.to(acc), b1.to(acc)))
+    return torch.sigmoid(F.linear(hidden, w2.to(acc), b2.to(acc)))
+
+
+def se_gate(
+    x: Tensor,
+    w1: Tensor,
+    b1: Tensor,
+    w2: Tensor,
+    b2: Tensor,
+    *,
+    residual: Optional[Tensor] = None,
+    relu: bool = False,
+    sums: Optional[Tensor] = None,
+    backend: Optional[str] = None,
+) -> Tensor:
+    """y = act(x * sigmoid(W2 relu(W1 mean_hw(x) + b1) + b2) + residual).
+
+    Args:
+        x: [N, C, H, W]. w1: [C_se, C] (or a 1x1 conv weight [C_se, C, 1, 1]); b1: [C_se];
+        w2: [C, C_se] (or [C, C_se, 1, 1]); b2: [C].
+        residual: [N, C, H, W] added after gating (the block's shortcut); relu: ReLU last.
+        sums: fp32 [N, C] sums of x over H, W, used instead of re-reading x for the mean.
+    """
+    w1, w2 = check_se(x, w1, b1, w2, b2, residual, sums)
+    _, run = dispatch.select(OP, backend, x=x, w1=w1, b1=b1, w2=w2, b2=b2, residual=residual, relu=relu, sums=sums)
+    return run(x, w1, b1, w2, b2, residual, relu, sums)
+
+
+def se_gate_eager(x, w1, b1, w2, b2, residual, relu, sums):
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    if sums is None:
+        sums = x.sum((2, 3), dtype=acc)
+    gate = se_excite(sums, x.shape[2] * x.shape[3], w1, b1, w2, b2)
+    y = x * gate.to(x.dtype)[:, :, None, None]
+    if residual is not None:
+        y = y + residual
+    return torch.relu(y) if relu else y
+
+
+def _eager_supports(*, x, forced=False, **_):
+    return [] if x.dtype in ALL_DTYPES else [f"eager: dtype {x.dtype} not supported"]
+
+
+dispatch.register(OP, "eager", _eager_supports, se_gate_eager)
