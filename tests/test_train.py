@@ -14,6 +14,16 @@ from regnet.train import TrainingConfig, Trainer, synthetic_datasets
 from regnet.widths import StageSpec
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models train fastest on one thread, and other jobs on a busy machine stall a
+    multi-threaded op at every barrier. (Other test modules import this fixture.)"""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def tiny_model(seed=0, **kwargs):
     torch.manual_seed(seed)
     stages = [StageSpec(1, 16, 2, 1.0, 8), StageSpec(1, 32, 2, 1.0, 8)]
