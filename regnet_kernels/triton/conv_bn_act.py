@@ -38,6 +38,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 from torch.library import triton_op, wrap_triton
+from triton.runtime.interpreter import InterpretedFunction
 
 from ..ops.checks import empty_like_layout
 
@@ -80,7 +81,7 @@ def conv_bn_act_kernel(
     conv_stride, padding,
     cin_per_group, cout_per_group, groups_per_tile, co_blocks_per_group,
     has_bias, has_res, relu, want_sums,
-    KSIZE: tl.constexpr, GATED: tl.constexpr,
+    KSIZE: tl.constexpr, GATED: tl.constexpr, UPCAST_DOT: tl.constexpr,
     BLOCK_P: tl.constexpr, BLOCK_CO: tl.constexpr, BLOCK_CI: tl.constexpr,
 ):
     # Flags that only change the epilogue are runtime ints (uniform branches), so one compiled
@@ -123,7 +124,10 @@ def conv_bn_act_kernel(
                 j = ci[:, None] - co_group_ci0[None, :]
                 w_ok = ci_ok[:, None] & co_ok[None, :] & (j >= 0) & (j < cin_per_group)
                 wt = tl.load(w_ptr + co[None, :] * swo + j * swi + kh * swh + kw * sww, mask=w_ok, other=0.0)
-                acc = tl.dot(xt, wt, acc, input_precision="ieee")
+                if UPCAST_DOT:  # interpreter only, see interpreting()
+                    acc = tl.dot(xt.to(tl.float32), wt.to(tl.float32), acc, input_precision="ieee")
+                else:
+                    acc = tl.dot(xt, wt, acc, input_precision="ieee")
 
     out = acc
     if has_bias:
@@ -139,6 +143,16 @@ def conv_bn_act_kernel(
     if want_sums:
         partial = tl.sum(tl.where(tile_ok, out, 0.0), axis=0)
         tl.atomic_add(sums_ptr + n * C_out + co, partial, mask=co_ok)
+
+
+def interpreting() -> bool:
+    """True when the kernels were built by triton's CPU interpreter (TRITON_INTERPRET=1 at import).
+
+    The interpreter keeps bfloat16 as raw uint16 bits and its tl.dot multiplies the bit patterns
+    (triton-lang/triton#11584, "not supported yet"), so under it bf16 operands are upcast to fp32
+    before tl.dot (UPCAST_DOT; exact, a bf16 product fits in fp32). GPU builds and the compile
+    report use the native bf16 tl.dot; everything else in the kernel is the same code."""
+    return isinstance(conv_bn_act_kernel, InterpretedFunction)
 
 
 def launch_conv(x: Tensor, weight4: Tensor, bias: Optional[Tensor], stride: int, padding: int, groups: int,
@@ -169,7 +183,7 @@ def launch_conv(x: Tensor, weight4: Tensor, bias: Optional[Tensor], stride: int,
         gate_t.stride(0) if gate is not None else 0, gate_t.stride(1) if gate is not None else 0,
         stride, padding, cin_pg, cout_pg, groups_per_tile, co_blocks_per_group,
         int(bias is not None), int(residual is not None), int(relu), int(sums is not None),
-        KSIZE=ksize, GATED=gate is not None,
+        KSIZE=ksize, GATED=gate is not None, UPCAST_DOT=interpreting() and x.dtype == torch.bfloat16,
         BLOCK_P=cfg.block_p, BLOCK_CO=cfg.block_co, BLOCK_CI=cfg.block_ci, num_warps=cfg.num_warps,
     )
 

@@ -1,0 +1,180 @@
+"""Triton kernels on CPU tensors under triton's interpreter, against the float64 eager reference.
+
+Run by tests/test_triton_backend.py in a subprocess (TRITON_INTERPRET must be set before triton
+is imported, and must not leak into other test modules); runnable directly too:
+    TRITON_INTERPRET=1 python -m pytest tests/triton_interp_cases.py
+The interpreter costs ~10 ms per 64x32x64 tl.dot step, so shapes are the zoo's layer families at
+small spatial sizes; the block sizes are the real ones (the dispatcher's configs, unchanged).
+"""
+
+import os
+
+os.environ["TRITON_INTERPRET"] = "1"  # before anything imports triton
+
+import random  # noqa: E402
+import sys  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+import regnet_kernels as rk  # noqa: E402
+from regnet_kernels import dispatch  # noqa: E402
+from regnet_kernels.backends import triton as triton_backend  # noqa: E402
+from regnet_kernels.ops.conv_bn_act import conv_bn_act_eager  # noqa: E402
+from regnet_kernels.ops.gated_conv1x1 import gated_conv1x1_eager  # noqa: E402
+from regnet_kernels.ops.se_gate import se_gate_eager  # noqa: E402
+from regnet_kernels.testing import poison_outputs  # noqa: E402
+from kernel_cases import (  # noqa: E402
+    GROUP_WIDTHS, SPATIAL, ConvCase, assert_accurate, iter_layouts, pointwise_cases, random_tensor, stem_cases,
+)
+
+LAYOUTS = list(iter_layouts())  # (channels_last, noncontig)
+LOW_PRECISION = (torch.float16, torch.bfloat16)
+# (residual, relu, channel_sums, bias) cycled over the cases so every combination appears.
+EPILOGUES = [(False, True, True, True), (True, True, False, True), (True, False, True, True),
+             (False, False, False, False), (True, True, True, False)]
+
+
+def setup_module():
+    assert triton_backend.interpreting(), (
+        "triton was imported before TRITON_INTERPRET=1 was set; run this file in its own process")
+
+
+def grouped_cases():
+    """Every zoo group width at stride 1 and 2; two groups for the narrow widths (tiles spanning
+    several groups) and one for 112/232 (several tiles per group), whose spatial sizes stay small
+    because each tile costs 9 taps x up to 8 channel chunks of interpreted tl.dot."""
+    rng = random.Random(1234)
+    cases = []
+    for gw in GROUP_WIDTHS:
+        for stride in (1, 2):
+            groups = 2 if gw <= 64 else 1
+            hw = rng.choice(SPATIAL if gw <= 64 else (1, 7, 8))
+            cases.append(ConvCase(rng.choice((1, 2)), gw * groups, gw * groups, hw, rng.choice((hw, hw + 2)), 3,
+                                  stride, groups))
+    return cases
+
+
+def run_conv_case(case: ConvCase, dtype, layout, epilogue):
+    channels_last, noncontig = layout
+    with_res, relu, sums, with_bias = epilogue
+    x = random_tensor((case.n, case.c_in, case.h, case.w), dtype, channels_last, noncontig)
+    weight = torch.randn(case.c_out, case.c_in // case.groups, case.k, case.k).to(dtype) / (case.c_in // case.groups * case.k ** 2) ** 0.5
+    bias = torch.randn(case.c_out).to(dtype) if with_bias else None
+    pad = (case.k - 1) // 2
+    out_hw = [(s + 2 * pad - case.k) // case.stride + 1 for s in (case.h, case.w)]
+    residual = random_tensor((case.n, case.c_out, *out_hw), dtype, channels_last) if with_res else None
+    args = dict(bias=bias, stride=case.stride, groups=case.groups, residual=residual, relu=relu, channel_sums=sums)
+    with poison_outputs():
+        out = rk.conv_bn_act(x, weight, backend="triton", **args)
+    as64 = lambda t: None if t is None else t.to(torch.float64)  # noqa: E731
+    ref = conv_bn_act_eager(x.double(), weight.double(), as64(bias), case.stride, pad, case.groups, as64(residual),
+                            relu, sums)
+    eager = None if dtype == torch.float32 else conv_bn_act_eager(x, weight, bias, case.stride, pad, case.groups,
+                                                                  residual, relu, sums)
+    what = f"{case} {dtype} layout={layout} epilogue={epilogue}"
+    as_pair = lambda r: (r if sums else (r,)) if r is not None else (None, None)  # noqa: E731
+    y = as_pair(out)[0]
+    assert not channels_last or y.stride(1) == 1 or case.c_out == 1, f"{what}: channels_last input, output not"
+    if sums:
+        assert out[1].dtype == torch.float32, f"{what}: sums dtype {out[1].dtype}"
+    for got, want, own, name in zip(as_pair(out), as_pair(ref), as_pair(eager), ("y", "sums")):
+        assert_accurate(got, want, own, what=f"{what} {name}")
+
+
+@pytest.mark.parametrize("i,case", list(enumerate(grouped_cases())), ids=lambda v: str(v))
+def test_grouped_conv_fp32(i, case):
+    run_conv_case(case, torch.float32, LAYOUTS[i % len(LAYOUTS)], EPILOGUES[i % len(EPILOGUES)])
+
+
+@pytest.mark.parametrize("i,case", list(enumerate(grouped_cases()[::2] + grouped_cases()[1::4])), ids=lambda v: str(v))
+def test_grouped_conv_low_precision(i, case):
+    # Every width at stride 1 plus half of them at stride 2, alternating fp16 and bf16.
+    run_conv_case(case, LOW_PRECISION[i % 2], LAYOUTS[i % len(LAYOUTS)], EPILOGUES[(i + 1) % len(EPILOGUES)])
+
+
+def pointwise_and_stem_cases():
+    """Every 1x1 and stem case in fp32, and every other one in fp16 / bf16 as well."""
+    cases = pointwise_cases() + stem_cases()
+    return [(c, torch.float32) for c in cases] + [(c, LOW_PRECISION[i % 2]) for i, c in enumerate(cases[::2])]
+
+
+@pytest.mark.parametrize("i,case,dtype", [(i, *cd) for i, cd in enumerate(pointwise_and_stem_cases())],
+                         ids=lambda v: str(v))
+def test_pointwise_and_stem_conv(i, case, dtype):
+    run_conv_case(case, dtype, LAYOUTS[i % len(LAYOUTS)], EPILOGUES[i % len(EPILOGUES)])
+
+
+def se_params(c: int, c_se: int, dtype):
+    return (torch.randn(c_se, c).to(dtype) / c ** 0.5, torch.randn(c_se).to(dtype),
+            torch.randn(c, c_se).to(dtype) / c_se ** 0.5, torch.randn(c).to(dtype))
+
+
+# (n, c, c_se, h, w): the zoo's SE widths are a quarter of the block input width (any integer).
+SE_SHAPES = [(2, 48, 12, 7, 7), (1, 232, 58, 13, 15), (2, 104, 26, 1, 1), (1, 8, 2, 15, 13), (2, 200, 50, 8, 8)]
+
+
+@pytest.mark.parametrize("i,shape,dtype", [(i, s, d) for i, s in enumerate(SE_SHAPES)
+                                           for d in (torch.float32, LOW_PRECISION[i % 2])], ids=lambda v: str(v))
+@pytest.mark.parametrize("given_sums", [False, True], ids=["mean_from_x", "sums_given"])
+def test_se_gate(i, shape, dtype, given_sums):
+    n, c, c_se, h, w = shape
+    channels_last, noncontig = LAYOUTS[i % len(LAYOUTS)]
+    with_res, relu = EPILOGUES[i % len(EPILOGUES)][:2]
+    x = random_tensor((n, c, h, w), dtype, channels_last, noncontig)
+    params = se_params(c, c_se, dtype)
+    residual = random_tensor((n, c, h, w), dtype, not channels_last) if with_res else None
+    # Given sums are what K2 produces: fp32 sums of x (the triton conv's are checked above).
+    sums = x.sum((2, 3), dtype=torch.float32) if given_sums else None
+    with poison_outputs():
+        out = rk.se_gate(x, *params, residual=residual, relu=relu, sums=sums, backend="triton")
+    as64 = lambda t: None if t is None else t.to(torch.float64)  # noqa: E731
+    ref = se_gate_eager(x.double(), *map(as64, params), as64(residual), relu, as64(sums))
+    eager = se_gate_eager(x, *params, residual, relu, sums)
+    assert out.stride(1) == 1 or not channels_last or c == 1
+    assert_accurate(out, ref, eager, what=f"se_gate {shape} {dtype} layout={(channels_last, noncontig)}")
+
+
+# (n, c_in, c_out, h, w)
+GATED_SHAPES = [(2, 48, 24, 7, 7), (1, 232, 104, 8, 8), (2, 13, 40, 1, 1), (1, 56, 152, 13, 15), (2, 24, 24, 15, 13)]
+
+
+@pytest.mark.parametrize("i,shape,dtype", [(i, s, d) for i, s in enumerate(GATED_SHAPES)
+                                           for d in (torch.float32, LOW_PRECISION[i % 2])], ids=lambda v: str(v))
+def test_gated_conv1x1(i, shape, dtype):
+    n, c_in, c_out, h, w = shape
+    channels_last, noncontig = LAYOUTS[i % len(LAYOUTS)]
+    with_res, relu, _, with_bias = EPILOGUES[i % len(EPILOGUES)]
+    x = random_tensor((n, c_in, h, w), dtype, channels_last, noncontig)
+    # fp32 gate as se_excite gives it, or one in x's dtype (both accepted).
+    gate = torch.rand(n, c_in, dtype=torch.float32 if i % 2 == 0 else dtype)
+    weight = torch.randn(c_out, c_in).to(dtype) / c_in ** 0.5
+    bias = torch.randn(c_out).to(dtype) if with_bias else None
+    residual = random_tensor((n, c_out, h, w), dtype, channels_last) if with_res else None
+    with poison_outputs():
+        out = rk.gated_conv1x1(x, gate, weight, bias, residual=residual, relu=relu, backend="triton")
+    as64 = lambda t: None if t is None else t.to(torch.float64)  # noqa: E731
+    ref = gated_conv1x1_eager(x.double(), gate.double(), weight.double(), as64(bias), as64(residual), relu)
+    eager = gated_conv1x1_eager(x, gate, weight, bias, residual, relu)
+    assert_accurate(out, ref, eager, what=f"gated_conv1x1 {shape} {dtype} layout={(channels_last, noncontig)}")
+
+
+def test_poisoned_outputs_are_fully_written():
+    """The NaN poison is really applied here (so the NaN checks above can fail), and every
+    kernel output overwrites it."""
+    x = random_tensor((1, 16, 7, 7), torch.float32)
+    with poison_outputs():
+        from regnet_kernels.ops.checks import empty_like_layout
+        assert torch.isnan(empty_like_layout(x, x.shape)).all()
+        y, sums = rk.conv_bn_act(x, torch.randn(16, 8, 3, 3), groups=2, channel_sums=True, backend="triton")
+    assert not torch.isnan(y).any() and not torch.isnan(sums).any()
+
+
+def test_auto_never_picks_interpreted_triton():
+    """The interpreter serves only when forced; auto on CPU tensors goes to cpu or eager."""
+    x = random_tensor((1, 16, 7, 7), torch.float32)
+    name, _ = dispatch.select("conv_bn_act", None, x=x, weight=torch.randn(16, 8, 3, 3), bias=None, stride=1,
+                              padding=1, groups=2, residual=None, relu=True, channel_sums=False)
+    assert name in ("cpu", "eager")
