@@ -51,7 +51,7 @@ ZOO: Dict[str, RegNetParams] = {
 
 def _pycls_name(name: str) -> str:
     kind, size = name[6].upper(), int(name[8:])
-    label = f"{size * 100}MF" if size < 10 else f"{size / 10:g}GF"
+    label = f"{size * 100}MF" if size < 10 else f"{size / 10:.1f}GF" if size < 100 else f"{size // 10}GF"
     return f"RegNet{kind}-{label}"
 
 
