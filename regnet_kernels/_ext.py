@@ -9,6 +9,7 @@ from typing import Optional
 _C = None
 _error: Optional[str] = None
 _loaded = False
+_build_info: dict = {}
 
 
 def load():
@@ -22,6 +23,8 @@ def load():
             from . import _C as ext
 
             _C = ext
+            # Read once: dispatch consults it per call, also while torch.compile traces.
+            _build_info.update(ext.build_info())
         except ImportError as e:  # not built, or built against another torch
             _error = f"{type(e).__name__}: {e}"
             warnings.warn(
@@ -39,5 +42,6 @@ def error() -> Optional[str]:
 
 
 def build_info() -> dict:
-    ext = load()
-    return dict(ext.build_info()) if ext is not None else {}
+    """How the extension was built ({} when it is not available)."""
+    load()
+    return dict(_build_info)

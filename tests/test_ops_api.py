@@ -1,0 +1,192 @@
+"""The op API: argument checks (every op, every bad-input family), BN folding, dispatch
+(auto choice, forced backends, the environment variable), and the eager reference itself."""
+
+import pytest
+import torch
+from torch import nn
+
+import regnet_kernels as rk
+from regnet_kernels import dispatch
+from kernel_cases import assert_accurate, grouped_cases, random_tensor
+
+
+def _conv_args(n=2, c=16, h=7, groups=2, k=3, dtype=torch.float32):
+    x = random_tensor((n, c, h, h), dtype)
+    w = torch.randn(c, c // groups, k, k, dtype=dtype)
+    b = torch.randn(c, dtype=dtype)
+    return x, w, b
+
+
+# ---- bad input: every op names the argument and what it expected --------------------------
+
+@pytest.mark.parametrize("mutate,match", [
+    (lambda a: {**a, "x": a["x"][0]}, "x: expected a 4-D"),
+    (lambda a: {**a, "groups": 3}, "groups: expected a divisor"),
+    (lambda a: {**a, "groups": 0}, "groups: expected an integer >= 1"),
+    (lambda a: {**a, "weight": a["weight"][:, :4]}, "weight: expected shape"),
+    (lambda a: {**a, "weight": torch.randn(16, 8, 5, 5)}, "weight: expected a square kernel"),
+    (lambda a: {**a, "bias": torch.randn(15)}, "bias: expected shape"),
+    (lambda a: {**a, "bias": torch.randn(16, dtype=torch.float64)}, "bias: expected dtype"),
+    (lambda a: {**a, "weight": a["weight"].double()}, "weight: expected dtype"),
+    (lambda a: {**a, "x": a["x"].to(torch.int32)}, "x: expected dtype"),
+    (lambda a: {**a, "stride": 3}, "stride: expected one of"),
+    (lambda a: {**a, "padding": 0}, "padding: expected 1"),
+    (lambda a: {**a, "residual": torch.randn(2, 16, 6, 6)}, "residual: expected shape"),
+    (lambda a: {**a, "x": torch.randn(2, 16, 7, 7, device="meta")}, "weight: expected a tensor on meta"),
+])
+def test_conv_bn_act_bad_input(mutate, match):
+    x, w, b = _conv_args()
+    args = mutate(dict(x=x, weight=w, bias=b, stride=1, groups=2, residual=None, padding=None))
+    with pytest.raises(ValueError, match=match):
+        rk.conv_bn_act(args.pop("x"), args.pop("weight"), args.pop("bias"), **args)
+
+
+def _se_args(n=2, c=16, c_se=4):
+    x = random_tensor((n, c, 5, 5))
+    return dict(x=x, w1=torch.randn(c_se, c), b1=torch.randn(c_se), w2=torch.randn(c, c_se), b2=torch.randn(c))
+
+
+@pytest.mark.parametrize("mutate,match", [
+    (lambda a: {**a, "x": a["x"][0]}, "x: expected a 4-D"),
+    (lambda a: {**a, "w1": torch.randn(4, 15)}, "w1: expected shape"),
+    (lambda a: {**a, "w2": torch.randn(16, 5)}, "w2: expected shape"),
+    (lambda a: {**a, "b1": torch.randn(5)}, "b1: expected shape"),
+    (lambda a: {**a, "b2": torch.randn(4)}, "b2: expected shape"),
+    (lambda a: {**a, "w1": torch.randn(4, 16, 3, 3)}, "w1: expected a 2-D"),
+    (lambda a: {**a, "residual": torch.randn(2, 16, 4, 4)}, "residual: expected shape"),
+    (lambda a: {**a, "sums": torch.randn(2, 15)}, "sums: expected shape"),
+    (lambda a: {**a, "sums": torch.randn(2, 16, dtype=torch.float16)}, "sums: expected dtype"),
+])
+def test_se_gate_bad_input(mutate, match):
+    args = mutate(_se_args())
+    with pytest.raises(ValueError, match=match):
+        rk.se_gate(args.pop("x"), args.pop("w1"), args.pop("b1"), args.pop("w2"), args.pop("b2"), **args)
+
+
+@pytest.mark.parametrize("mutate,match", [
+    (lambda a: {**a, "x": a["x"][0]}, "x: expected a 4-D"),
+    (lambda a: {**a, "gate": torch.rand(2, 15)}, "gate: expected shape"),
+    (lambda a: {**a, "weight": torch.randn(8, 15)}, "weight: expected shape"),
+    (lambda a: {**a, "weight": torch.randn(8, 16).half()}, "weight: expected dtype"),
+    (lambda a: {**a, "bias": torch.randn(9)}, "bias: expected shape"),
+    (lambda a: {**a, "residual": torch.randn(2, 16, 5, 5)}, "residual: expected shape"),
+])
+def test_gated_conv1x1_bad_input(mutate, match):
+    x = random_tensor((2, 16, 5, 5))
+    args = mutate(dict(x=x, gate=torch.rand(2, 16), weight=torch.randn(8, 16), bias=torch.randn(8), residual=None))
+    with pytest.raises(ValueError, match=match):
+        rk.gated_conv1x1(args.pop("x"), args.pop("gate"), args.pop("weight"), args.pop("bias"), **args)
+
+
+def test_non_tensor_argument_is_a_type_error():
+    with pytest.raises(TypeError, match="x: expected a torch.Tensor"):
+        rk.conv_bn_act([[1.0]], torch.randn(1, 1, 1, 1))
+
+
+# ---- fold_bn ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("groups,bias", [(1, False), (4, True)])
+def test_fold_bn_matches_conv_then_eval_bn(groups, bias):
+    torch.manual_seed(groups)
+    conv = nn.Conv2d(16, 32, 3, padding=1, groups=groups, bias=bias).double()
+    bn = nn.BatchNorm2d(32).double()
+    with torch.no_grad():
+        bn.weight.uniform_(0.5, 2)
+        bn.bias.normal_()
+        bn.running_mean.normal_()
+        bn.running_var.uniform_(0.2, 3)
+    bn.eval()
+    x = torch.randn(2, 16, 9, 9, dtype=torch.float64)
+    ref = bn(conv(x))
+    w, b = rk.fold_bn(conv, bn)
+    out = torch.nn.functional.conv2d(x, w, b, padding=1, groups=groups)
+    assert (out - ref).abs().max().item() < 1e-12
+    # float32 result: folded in float64 then rounded once -> fp32 accuracy
+    conv32, bn32 = conv.float(), bn.float()
+    w32, b32 = rk.fold_bn(conv32, bn32, dtype=torch.float32)
+    assert w32.dtype == torch.float32
+    out32 = torch.nn.functional.conv2d(x.float(), w32, b32, padding=1, groups=groups)
+    assert_accurate(out32, ref, what="fold_bn fp32")
+
+
+def test_fold_bn_bad_input():
+    with pytest.raises(TypeError, match="conv"):
+        rk.fold_bn(nn.Linear(2, 2), nn.BatchNorm2d(2))
+    with pytest.raises(ValueError, match="bn: expected 4 features"):
+        rk.fold_bn(nn.Conv2d(2, 4, 1), nn.BatchNorm2d(3))
+    with pytest.raises(ValueError, match="running_mean: expected shape"):
+        rk.fold_bn_params(torch.randn(4, 2, 1, 1), None, None, None, torch.zeros(3), torch.ones(4), 1e-5)
+
+
+# ---- dispatch ---------------------------------------------------------------------------
+
+def test_eager_is_always_available_and_auto_picks_a_backend():
+    x, w, b = _conv_args()
+    verdicts = dict(rk.explain("conv_bn_act", x=x, weight=w, bias=b, stride=1, padding=1, groups=2,
+                               residual=None, relu=True, channel_sums=False))
+    assert verdicts["eager"] == [] and set(verdicts) == set(dispatch.AUTO_ORDER)
+    name, _ = dispatch.select("conv_bn_act", None, x=x, weight=w, bias=b, stride=1, padding=1, groups=2,
+                              residual=None, relu=True, channel_sums=False)
+    assert name == next(n for n in dispatch.AUTO_ORDER if not verdicts[n])
+
+
+def test_forced_backend_that_cannot_serve_lists_its_reasons(monkeypatch):
+    x, w, b = _conv_args()
+    with pytest.raises(rk.BackendUnavailable, match="backend 'cuda' cannot serve.*not a CUDA device|cuda"):
+        rk.conv_bn_act(x, w, b, groups=2, backend="cuda")
+    monkeypatch.setenv("REGNET_KERNELS_BACKEND", "cuda")
+    with pytest.raises(rk.BackendUnavailable, match="cuda"):
+        rk.conv_bn_act(x, w, b, groups=2)
+    monkeypatch.setenv("REGNET_KERNELS_BACKEND", "eager")
+    assert rk.conv_bn_act(x, w, b, groups=2).shape == x.shape
+    monkeypatch.setenv("REGNET_KERNELS_BACKEND", "fastest")
+    with pytest.raises(ValueError, match=r"\$REGNET_KERNELS_BACKEND='fastest': expected"):
+        rk.conv_bn_act(x, w, b, groups=2)
+    with pytest.raises(ValueError, match="backend='nope': expected"):
+        rk.conv_bn_act(x, w, b, groups=2, backend="nope")
+
+
+# ---- the eager reference is itself right -------------------------------------------------
+
+def test_eager_reference_composition_float64():
+    """The eager ops equal the unfused module sequence they replace, in float64."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 24, 7, 7, dtype=torch.float64)
+    conv = nn.Conv2d(24, 24, 3, padding=1, groups=3).double()
+    y, sums = rk.conv_bn_act(x, conv.weight, conv.bias, groups=3, channel_sums=True, backend="eager")
+    ref = torch.relu(conv(x))
+    assert torch.allclose(y, ref) and torch.allclose(sums, ref.sum((2, 3)))
+    fc1, fc2 = nn.Conv2d(24, 6, 1).double(), nn.Conv2d(6, 24, 1).double()
+    res = torch.randn_like(y)
+    se = rk.se_gate(y, fc1.weight, fc1.bias, fc2.weight, fc2.bias, residual=res, relu=True, backend="eager")
+    se_ref = torch.relu(y * torch.sigmoid(fc2(torch.relu(fc1(y.mean((2, 3), keepdim=True))))) + res)
+    assert torch.allclose(se, se_ref)
+    assert torch.allclose(rk.se_gate(y, fc1.weight, fc1.bias, fc2.weight, fc2.bias, sums=sums, backend="eager"),
+                          y * torch.sigmoid(fc2(torch.relu(fc1(y.mean((2, 3), keepdim=True))))))
+    gate = torch.rand(2, 24, dtype=torch.float64)
+    c = nn.Conv2d(24, 16, 1).double()
+    out = rk.gated_conv1x1(y, gate, c.weight, c.bias, relu=False, backend="eager")
+    assert torch.allclose(out, c(y * gate[:, :, None, None]))
+
+
+@pytest.mark.parametrize("case", grouped_cases(seed=7, per_width=1), ids=str)
+def test_eager_fp32_within_tolerance_of_float64(case):
+    x = random_tensor((case.n, case.c_in, case.h, case.w))
+    w = torch.randn(case.c_out, case.c_in // case.groups, 3, 3) / (case.c_in // case.groups * 9) ** 0.5
+    b = torch.randn(case.c_out)
+    out = rk.conv_bn_act(x, w, b, stride=case.stride, groups=case.groups, backend="eager")
+    ref = rk.conv_bn_act(x.double(), w.double(), b.double(), stride=case.stride, groups=case.groups, backend="eager")
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    assert_accurate(out, ref, what=str(case))
+
+
+def test_ops_trace_under_torch_compile_fullgraph():
+    x, w, b = _conv_args()
+    se = _se_args(c=16)
+
+    def block(x):
+        y, sums = rk.conv_bn_act(x, w, b, groups=2, channel_sums=True)
+        return rk.se_gate(y, se["w1"], se["b1"], se["w2"], se["b2"], sums=sums, residual=x, relu=True)
+
+    compiled = torch.compile(block, fullgraph=True, backend="eager")
+    torch.testing.assert_close(compiled(x), block(x))
