@@ -15,3 +15,8 @@ __all__ = [
     "AUTO_ORDER", "BACKENDS", "BackendUnavailable", "explain",
     "conv_bn_act", "fold_bn", "fold_bn_params", "gated_conv1x1", "se_excite", "se_gate",
 ]
+
+from .modules import FusedRegNet, FusedXBlock, FusedYBlock  # noqa: E402
+from .optimize import optimize  # noqa: E402
+
+__all__ += ["FusedRegNet", "FusedXBlock", "FusedYBlock", "optimize"]

@@ -1,0 +1,170 @@
+"""Fused inference modules: a RegNet block as 3 (X) or 4 (Y) op calls, BN folded.
+
+Schedule (../shared/DESIGN.md section 1), each line one op of regnet_kernels:
+    K1  a = conv_bn_act(x, 1x1) + ReLU
+    K2  b, sums = conv_bn_act(a, 3x3 grouped, stride s) + ReLU, with per-(n, c) sums (Y only)
+    K3  gate = se_excite(sums)                                  (Y only, on [N, C])
+    K4  y = gated_conv1x1(b, gate) + bias + shortcut + ReLU    (X: conv_bn_act 1x1 + residual)
+The projection shortcut (1x1 stride s) is one more conv_bn_act whose output K4 adds.
+
+The modules hold folded weights as buffers (inference only) and run whichever backend the
+dispatcher picks, or the one given. Activations stay in the layout they arrive in
+(channels_last is the kernels' native layout; FusedRegNet converts its input once).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .ops.conv_bn_act import conv_bn_act
+from .ops.fold_bn import fold_bn
+from .ops.gated_conv1x1 import gated_conv1x1
+from .ops.se_gate import se_excite
+
+__all__ = ["FusedConv", "FusedXBlock", "FusedYBlock", "FusedStem", "FusedHead", "FusedRegNet", "TRAINING_ERROR"]
+
+TRAINING_ERROR = (
+    "{name} is an inference module: its BatchNorms are folded into the convs and its ops have no "
+    "backward pass. Train the original model (regnet_kernels.optimize returns a new module and leaves "
+    "the original untouched), then call optimize() on it again; or call .eval() on this module."
+)
+
+
+class _InferenceModule(nn.Module):
+    backend: Optional[str] = None
+
+    def _check_eval(self) -> None:
+        if self.training:
+            raise RuntimeError(TRAINING_ERROR.format(name=type(self).__name__))
+
+
+class FusedConv(nn.Module):
+    """Folded (weight, bias) of a conv + eval BN, with its stride and groups."""
+
+    def __init__(self, conv: nn.Conv2d, bn: nn.BatchNorm2d, dtype: torch.dtype):
+        super().__init__()
+        w, b = fold_bn(conv, bn, dtype=dtype)
+        self.register_buffer("weight", w)
+        self.register_buffer("bias", b)
+        self.stride, self.groups = conv.stride[0], conv.groups
+
+    def forward(self, x: Tensor, residual: Optional[Tensor] = None, relu: bool = True, channel_sums: bool = False,
+                backend: Optional[str] = None):
+        return conv_bn_act(x, self.weight, self.bias, stride=self.stride, groups=self.groups, residual=residual,
+                           relu=relu, channel_sums=channel_sums, backend=backend)
+
+
+class FusedXBlock(_InferenceModule):
+    """X block: K1, K2, [projection], K4 (1x1 + bias + shortcut + ReLU)."""
+
+    def __init__(self, block: nn.Module, dtype: torch.dtype, backend: Optional[str] = None):
+        super().__init__()
+        f = block.f
+        self.a = FusedConv(f.a, f.a_bn, dtype)
+        self.b = FusedConv(f.b, f.b_bn, dtype)
+        self.c = FusedConv(f.c, f.c_bn, dtype)
+        self.proj = FusedConv(block.proj, block.bn, dtype) if block.proj is not None else None
+        self.backend = backend
+
+    def shortcut(self, x: Tensor) -> Tensor:
+        return x if self.proj is None else self.proj(x, relu=False, backend=self.backend)
+
+    def forward(self, x: Tensor) -> Tensor:
+        self._check_eval()
+        a = self.a(x, backend=self.backend)
+        b = self.b(a, backend=self.backend)
+        return self.c(b, residual=self.shortcut(x), relu=True, backend=self.backend)
+
+
+class FusedYBlock(FusedXBlock):
+    """Y block: K1, K2 with SE sums, K3 (SE MLP on [N, C]), [projection], K4 with the gate."""
+
+    def __init__(self, block: nn.Module, dtype: torch.dtype, backend: Optional[str] = None):
+        super().__init__(block, dtype, backend)
+        fc1, fc2 = block.f.se.f_ex[0], block.f.se.f_ex[2]
+        # The SE MLP runs in fp32 whatever the activation dtype (K3 accumulates in fp32).
+        self.register_buffer("se_w1", fc1.weight.detach()[:, :, 0, 0].float().clone())
+        self.register_buffer("se_b1", fc1.bias.detach().float().clone())
+        self.register_buffer("se_w2", fc2.weight.detach()[:, :, 0, 0].float().clone())
+        self.register_buffer("se_b2", fc2.bias.detach().float().clone())
+
+    def forward(self, x: Tensor) -> Tensor:
+        self._check_eval()
+        a = self.a(x, backend=self.backend)
+        b, sums = self.b(a, channel_sums=True, backend=self.backend)
+        gate = se_excite(sums, b.shape[2] * b.shape[3], self.se_w1, self.se_b1, self.se_w2, self.se_b2)
+        return gated_conv1x1(b, gate, self.c.weight, self.c.bias, residual=self.shortcut(x), relu=True,
+                             backend=self.backend)
+
+
+class FusedStem(_InferenceModule):
+    def __init__(self, stem: nn.Module, dtype: torch.dtype, backend: Optional[str] = None):
+        super().__init__()
+        self.conv = FusedConv(stem.conv, stem.bn, dtype)
+        self.backend = backend
+
+    def forward(self, x: Tensor) -> Tensor:
+        self._check_eval()
+        return self.conv(x, backend=self.backend)
+
+
+class FusedHead(nn.Module):
+    """Global average pool (fp32 accumulation) and FC."""
+
+    def __init__(self, head: nn.Module, dtype: torch.dtype):
+        super().__init__()
+        fc = head.fc
+        self.has_fc = isinstance(fc, nn.Linear)
+        if self.has_fc:
+            self.register_buffer("weight", fc.weight.detach().to(dtype).clone())
+            self.register_buffer("bias", fc.bias.detach().to(dtype).clone())
+
+    def forward(self, x: Tensor) -> Tensor:
+        pooled = x.mean((2, 3), dtype=torch.float32).to(x.dtype)
+        return F.linear(pooled, self.weight, self.bias) if self.has_fc else pooled
+
+
+class FusedRegNet(_InferenceModule):
+    """An optimized RegNet: fused stem, stages of fused blocks, head.
+
+    Input is converted once to `memory_format` and `dtype`; every activation after that stays
+    in that layout. Child names follow the source model (stem, s1..sN, head).
+    """
+
+    def __init__(self, model: nn.Module, dtype: torch.dtype = torch.float32,
+                 memory_format: torch.memory_format = torch.channels_last, backend: Optional[str] = None):
+        super().__init__()
+        from regnet.blocks import Xblock  # the source model is ours (optimize() converts others to it)
+
+        self.dtype, self.memory_format, self.backend = dtype, memory_format, backend
+        self.in_chans = model.in_chans
+        self.stem = FusedStem(model.stem, dtype, backend)
+        self.stage_names = []
+        for name, stage in model.named_children():
+            if name.startswith("s") and name[1:].isdigit():
+                blocks = []
+                for blk in stage.children():
+                    assert isinstance(blk, Xblock)
+                    cls = FusedYBlock if blk.f.se is not None else FusedXBlock
+                    blocks.append(cls(blk, dtype, backend))
+                self.add_module(name, nn.Sequential(*blocks))
+                self.stage_names.append(name)
+        self.head = FusedHead(model.head, dtype)
+        self.eval()
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        self._check_eval()
+        if x.dim() != 4 or x.shape[1] != self.in_chans:
+            raise ValueError(f"input x: expected [N, {self.in_chans}, H, W], got shape {list(x.shape)}")
+        x = x.to(dtype=self.dtype, memory_format=self.memory_format)
+        x = self.stem(x)
+        for name in self.stage_names:
+            x = getattr(self, name)(x)
+        return x
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.forward_features(x))
