@@ -1,0 +1,118 @@
+"""optimize(): same outputs as the original model (ours, torchvision's, timm's), the original
+untouched, inference-only with a clear error otherwise, torch.compile-able, bad input rejected."""
+
+import copy
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+import regnet
+import regnet_kernels as rk
+from kernel_cases import rel_err
+
+
+def _randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Realistic, non-trivial BN: random affine parameters, running statistics calibrated on a
+    random batch (so activations keep a sane scale through the network and a wrong fold shows)."""
+    g = torch.Generator().manual_seed(seed)
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    with torch.no_grad():
+        for m in bns:
+            m.weight.copy_(torch.rand(m.num_features, generator=g) * 0.5 + 0.5)
+            m.bias.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+            m.momentum = 1.0
+        model.train()(torch.randn(8, 3, 64, 64, generator=g))
+        for m in bns:
+            m.momentum = 0.1
+    return model.eval()
+
+
+def _models():
+    import timm
+    import torchvision
+
+    torch.manual_seed(0)
+    yield "regnety_002 (ours)", regnet.create_model("regnety_002")
+    yield "regnetx_004 (ours)", regnet.create_model("regnetx_004")
+    yield "regnet_x_400mf (torchvision)", torchvision.models.regnet_x_400mf()
+    yield "regnet_y_400mf (torchvision)", torchvision.models.regnet_y_400mf()
+    yield "regnety_006 (timm)", timm.create_model("regnety_006")
+
+
+@pytest.mark.parametrize("label,model", list(_models()), ids=lambda v: v if isinstance(v, str) else "")
+def test_fp32_outputs_match_the_original(label, model):
+    model = _randomize_bn(model)
+    before = copy.deepcopy(model.state_dict())
+    fused = rk.optimize(model)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        ref, out = model(x), fused(x)
+    assert (out - ref).abs().max().item() <= 1e-4, label
+    # the original is untouched: same weights, still a plain module with BN
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+
+
+def test_bf16_within_twice_eager_error():
+    model = _randomize_bn(regnet.create_model("regnety_002"))
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        ref64 = copy.deepcopy(model).double()(x.double())
+        eager_bf16 = copy.deepcopy(model).to(torch.bfloat16)(x.to(torch.bfloat16))
+        out = rk.optimize(model, dtype=torch.bfloat16)(x)
+    assert out.dtype == torch.bfloat16
+    assert rel_err(out, ref64) <= 2 * rel_err(eager_bf16, ref64)
+
+
+def test_activations_stay_channels_last():
+    fused = rk.optimize(_randomize_bn(regnet.create_model("regnetx_002")))
+    seen = []
+    for blk in fused.modules():
+        if isinstance(blk, rk.FusedXBlock):
+            blk.register_forward_hook(lambda m, i, o: seen.append(o.is_contiguous(memory_format=torch.channels_last)))
+    with torch.no_grad():
+        fused(torch.randn(1, 3, 64, 64))
+    assert seen and all(seen)
+
+
+def test_train_mode_raises_with_how_to_train():
+    fused = rk.optimize(_randomize_bn(regnet.create_model("regnetx_002")))
+    fused.train()
+    with pytest.raises(RuntimeError, match="Train the original model"):
+        fused(torch.randn(1, 3, 32, 32))
+
+
+def test_bad_input():
+    model = _randomize_bn(regnet.create_model("regnetx_002"))
+    with pytest.raises(TypeError, match="expected a RegNet this converter knows"):
+        rk.optimize(nn.Sequential(nn.Conv2d(3, 8, 3)).eval())
+    with pytest.raises(ValueError, match="eval-mode"):
+        rk.optimize(copy.deepcopy(model).train())
+    with pytest.raises(ValueError, match="dtype: expected one of"):
+        rk.optimize(model, dtype=torch.int8)
+    with pytest.raises(ValueError, match="backend='gpu': expected"):
+        rk.optimize(model, backend="gpu")
+    with pytest.raises(ValueError, match="input x: expected"):
+        rk.optimize(model)(torch.randn(1, 4, 32, 32))
+
+
+def test_torch_compile_fullgraph():
+    model = _randomize_bn(regnet.RegNet(regnet.RegNetParams(depth=4, w0=16, wa=16.0, wm=2.0, group_w=8, se_r=0.25),
+                                        num_classes=5))
+    fused = rk.optimize(model)
+    x = torch.randn(2, 3, 32, 32)
+    compiled = torch.compile(fused, fullgraph=True)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), model(x), rtol=1e-4, atol=1e-4)
+
+
+def test_jit_trace_works_or_fails_clearly():
+    fused = rk.optimize(_randomize_bn(regnet.create_model("regnetx_002")))
+    x = torch.randn(1, 3, 32, 32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace(fused, x, check_trace=False)
+    with torch.no_grad():
+        torch.testing.assert_close(traced(x), fused(x))
