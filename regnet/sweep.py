@@ -166,7 +166,7 @@ def run_sweep(out_dir: str, space: DesignSpace, n: int, train_dataset: Dataset, 
 
     When every result is in, writes ``edf.png`` in `out_dir` (with `plot`).
     """
-    training = training or TrainingConfig(max_epochs=1, batch_size=64, learning_rate=3e-3)
+    training = training or TrainingConfig(max_epochs=2, batch_size=64, learning_rate=3e-3, precise_bn=512)
     for sub in ("claims", "runs", "results"):
         os.makedirs(os.path.join(out_dir, sub), exist_ok=True)
     _join_sweep(out_dir, sweep_definition(space, n, seed, regime, training, num_classes))

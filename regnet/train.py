@@ -51,7 +51,9 @@ class TrainingConfig:
     written at the end when ckpt_path is set). resume=True continues from ckpt_path when it
     exists. log_path is the per-epoch CSV (default: ckpt_path with a .csv suffix).
     freeze_bn keeps BatchNorm on its running statistics while training (its scale and shift
-    still learn); sync_bn synchronises batch statistics across GPUs under DDP.
+    still learn); sync_bn synchronises batch statistics across GPUs under DDP. precise_bn > 0
+    recomputes the BatchNorm statistics on that many training images before each evaluation
+    (pycls's precise BN): after a few hundred steps the running averages still lag the weights.
     """
 
     max_epochs: int = 10
@@ -72,6 +74,7 @@ class TrainingConfig:
     channels_last: bool = False
     freeze_bn: bool = False
     sync_bn: bool = False
+    precise_bn: int = 0
     num_workers: int = 0
     seed: int = 0
     deterministic: bool = False
@@ -82,7 +85,7 @@ class TrainingConfig:
     def __post_init__(self):
         for name in ("max_epochs", "batch_size"):
             self._check_int(name, 1)
-        for name in ("warmup_epochs", "checkpoint_every", "num_workers", "seed"):
+        for name in ("warmup_epochs", "checkpoint_every", "precise_bn", "num_workers", "seed"):
             self._check_int(name, 0)
         self._check_number("learning_rate", lambda v: v > 0, "a finite number > 0")
         self._check_number("weight_decay", lambda v: v >= 0, "a finite number >= 0")
@@ -136,7 +139,7 @@ class SyntheticImages(Dataset):
     """`n` images of `templates.shape[0]` classes: each image is its class's template, randomly
     shifted, dimmed or brightened, plus noise. Generated once from `seed`."""
 
-    def __init__(self, templates: Tensor, n: int, seed: int, noise: float = 0.5):
+    def __init__(self, templates: Tensor, n: int, seed: int, noise: float):
         g = torch.Generator().manual_seed(seed)
         k, c, s, _ = templates.shape
         self.labels = torch.randint(0, k, (n,), generator=g)
@@ -153,16 +156,16 @@ class SyntheticImages(Dataset):
 
 
 def synthetic_datasets(n_train: int = 512, n_test: int = 256, num_classes: int = 4, image_size: int = 16,
-                       channels: int = 3, seed: int = 0) -> Tuple[SyntheticImages, SyntheticImages]:
+                       channels: int = 3, seed: int = 0, noise: float = 0.25) -> Tuple[SyntheticImages, SyntheticImages]:
     """A train and a test set of one synthetic task: smooth random class templates (a colour
-    and a coarse pattern each)."""
+    and a coarse pattern each, of unit scale) under Gaussian noise of std `noise`."""
     if min(n_train, n_test, num_classes - 1, image_size - 3, channels) < 1:
         raise ValueError(f"synthetic_datasets: expected n_train, n_test >= 1, num_classes >= 2, image_size >= 4, "
                          f"channels >= 1; got {n_train}, {n_test}, {num_classes}, {image_size}, {channels}")
     g = torch.Generator().manual_seed(seed)
     coarse = torch.randn(num_classes, channels, 4, 4, generator=g)
     templates = nn.functional.interpolate(coarse, size=(image_size, image_size), mode="bilinear", align_corners=False)
-    return SyntheticImages(templates, n_train, seed + 1), SyntheticImages(templates, n_test, seed + 2)
+    return SyntheticImages(templates, n_train, seed + 1, noise), SyntheticImages(templates, n_test, seed + 2, noise)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -338,6 +341,8 @@ class Trainer:
         while self.epoch < cfg.max_epochs:
             row = {"epoch": self.epoch + 1, "lr": self.optimizer.param_groups[0]["lr"], **self.train_one_epoch()}
             if self.test_dataset is not None:
+                if cfg.precise_bn and not cfg.freeze_bn:
+                    self.compute_precise_bn_stats()
                 row.update(self.evaluate())
             self.scheduler.step()
             self.epoch += 1
@@ -379,6 +384,30 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         return loss.detach(), logits.detach()
+
+    @torch.no_grad()
+    def compute_precise_bn_stats(self) -> None:
+        """BatchNorm running statistics as the plain average over config.precise_bn training
+        images (this epoch's first ones), averaged over the processes under DDP."""
+        bns = [m for m in self.module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        if not bns:
+            return
+        momenta = [m.momentum for m in bns]
+        for m in bns:
+            m.reset_running_stats()
+            m.momentum = None  # None: a cumulative average over the batches seen
+        self.module.train()
+        per_process = max(1, self.config.precise_bn // self.processes.world_size)
+        shard = Subset(self.train_dataset, list(self.sampler)[:per_process])
+        for images, _ in self._loader(shard, None):
+            with self._autocast():
+                self.module(self._to_device(images, torch.zeros(0))[0])
+        for m, momentum in zip(bns, momenta):
+            m.momentum = momentum
+            if self.processes.distributed:
+                for buf in (m.running_mean, m.running_var):
+                    dist.all_reduce(buf)
+                    buf /= self.processes.world_size
 
     @torch.no_grad()
     def evaluate(self, dataset: Optional[Dataset] = None) -> Dict[str, float]:

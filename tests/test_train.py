@@ -164,6 +164,17 @@ def test_pycls_recipe_scales_the_learning_rate_with_the_batch():
     assert cfg.lr_factor(0) == pytest.approx(0.1) and cfg.lr_factor(5) == pytest.approx(0.5)
 
 
+def test_precise_bn_averages_the_statistics_of_training_images(tmp_path, data):
+    model = tiny_model()
+    trainer = Trainer(model, data[0], None, config(tmp_path, batch_size=32, precise_bn=32))
+    trainer.compute_precise_bn_stats()
+    first = torch.stack([data[0][i][0] for i in list(trainer.sampler)[:32]])
+    stem = model.stem.conv(first)
+    torch.testing.assert_close(model.stem.bn.running_mean, stem.mean((0, 2, 3)))
+    torch.testing.assert_close(model.stem.bn.running_var, stem.var((0, 2, 3)))
+    assert model.stem.bn.momentum == 0.1
+
+
 def test_mixed_precision_and_channels_last(tmp_path, data):
     small = torch.utils.data.Subset(data[0], range(64))
     cfg = config(tmp_path, max_epochs=1, mixed_precision=True, channels_last=True, ckpt_path=None)

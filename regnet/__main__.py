@@ -1,0 +1,5 @@
+"""python -m regnet: the regnet command."""
+
+from .cli import main
+
+raise SystemExit(main())
