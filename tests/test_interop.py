@@ -396,6 +396,8 @@ def test_load_weights_errors(small_model):
         load_weights(small_model, small_model.state_dict(), source="keras")
     with pytest.raises(ValueError, match="no known RegNet layout"):
         load_weights(small_model, {"encoder.weight": torch.zeros(1)})
+    with pytest.raises(ValueError, match="to_rgb"):
+        load_weights(small_model, small_model.state_dict(), to_rgb=True)  # our weights take RGB
     tv_state = tvm.regnet_y_400mf(weights=None).state_dict()
     with pytest.raises(ValueError, match="missing keys"):
         load_weights(small_model, tv_state, source="timm")  # the wrong converter leaves keys unmatched

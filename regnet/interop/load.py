@@ -52,11 +52,13 @@ def load_weights(model: nn.Module, weights: Union[str, os.PathLike, Mapping[str,
             ``{"state_dict": ...}`` and ``{"model": ...}`` wrappers are unwrapped).
         source: "auto" detects the layout from the keys; a ``model_state`` wrapper with our
             keys means pycls. "pycls" weights expect BGR input (see ``regnet.interop.pycls``).
-        to_rgb: for pycls weights, flip the stem conv so the model takes RGB.
+        to_rgb: for pycls weights, flip the stem conv so the model takes RGB (an error for
+            other sources, whose weights take RGB already).
 
     Raises:
-        ValueError: unknown source, keys of no known layout, or a checkpoint that does not
-            match `model` (listing its missing and unexpected keys and shape mismatches).
+        ValueError: unknown source, keys of no known layout, to_rgb with non-pycls weights,
+            or a checkpoint that does not match `model` (listing its missing and unexpected
+            keys and shape mismatches).
     """
     if source not in SOURCES:
         raise ValueError(f"source={source!r}: expected one of {SOURCES}")
@@ -68,6 +70,8 @@ def load_weights(model: nn.Module, weights: Union[str, os.PathLike, Mapping[str,
             source = "pycls"
     if source == "pycls":
         return load_pycls(model, state, to_rgb=to_rgb)
+    if to_rgb:
+        raise ValueError(f"to_rgb=True applies to pycls weights (BGR); {source} weights already take RGB")
     where = f" {os.fspath(weights)!r}" if is_file else ""
     layout: Layout = _LAYOUTS[source]
     load_state_dict_strict(model, convert_state_dict(state, layout), source=f"{source} weights{where}")
