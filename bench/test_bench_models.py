@@ -1,0 +1,40 @@
+"""`pytest bench/ --benchmark-enable`: whole-model rows of bench/compare.py through
+pytest-benchmark (JSON via --benchmark-json). Each row checks its output against eager fp32
+before it is timed; rows that cannot run here are skipped with the reason."""
+
+import pytest
+import torch
+
+import compare
+
+MODELS = compare.DEFAULT_MODELS
+BATCHES = (1, 16)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def two_threads():
+    old = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.mark.parametrize("config", list(compare.CONFIGS))
+@pytest.mark.parametrize("batch", BATCHES)
+@pytest.mark.parametrize("model_name", MODELS)
+def test_model_throughput(benchmark, model_name, batch, config):
+    torch.manual_seed(0)
+    model = compare.regnet.create_model(model_name).eval()
+    x = torch.randn(batch, 3, 224, 224)
+    with torch.no_grad():
+        ref = model(x)
+        try:
+            fn, xin = compare.CONFIGS[config](model, x)
+        except compare.Skip as e:
+            pytest.skip(str(e))
+        out = fn(xin)
+        err = compare.rel_err(out, ref)
+        tol = 5e-2 if config in compare.BF16_CONFIGS else 1e-3
+        assert err <= tol, f"{config}: wrong output, relative error {err:.3g} vs eager fp32"
+        benchmark.extra_info.update(compare.bytes_moved(model_name, batch), rel_err_vs_eager=err, batch=batch)
+        benchmark.pedantic(fn, args=(xin,), rounds=5, warmup_rounds=2, iterations=1)
