@@ -53,23 +53,39 @@ class ConvConfig:
     num_warps: int
 
 
-# The only configs the dispatcher picks (gpu_compile_report.py compiles each of them).
-STEM = ConvConfig("stem", block_p=64, block_co=32, block_ci=16, num_warps=4)  # C_in/groups < 16 (3 for the stem)
-NARROW = ConvConfig("narrow", block_p=64, block_co=32, block_ci=32, num_warps=4)  # group width <= 32
-WIDE = ConvConfig("wide", block_p=64, block_co=64, block_ci=32, num_warps=4)  # wider groups, 1x1 convs
-CONV_CONFIGS = (STEM, NARROW, WIDE)
+# The only configs the dispatcher picks (gpu_compile_report.py compiles each of them). 8 warps:
+# with 4, the fp16 64x64 tile needs 255 registers and spills on sm_80. fp32 runs tl.dot as IEEE
+# FMAs (no TF32), which keep BLOCK_CI-deep operand fragments in registers: it gets a 64x32x16
+# tile (64x64x32 needs 255 registers and spills 464 B on sm_80).
+# No separate stem config: its 3 input channels waste most of a BLOCK_CI chunk, but it is one
+# layer whose cost is writing its 32-channel output, and every config costs compile-report time.
+NARROW = ConvConfig("narrow", block_p=64, block_co=32, block_ci=32, num_warps=8)  # group width <= 32
+WIDE = ConvConfig("wide", block_p=64, block_co=64, block_ci=32, num_warps=8)  # wider groups, 1x1 convs, stem
+FP32 = ConvConfig("fp32", block_p=64, block_co=32, block_ci=16, num_warps=8)  # every fp32 conv
+CONV_CONFIGS = {torch.float32: (FP32,), torch.float16: (NARROW, WIDE), torch.bfloat16: (NARROW, WIDE)}
 
 
-def pick_config(cin_per_group: int, cout_per_group: int, groups: int) -> ConvConfig:
+def pick_config(cout_per_group: int, groups: int, dtype: torch.dtype) -> ConvConfig:
     """Heuristic: the narrowest tile that still feeds tl.dot, so few MACs are masked away."""
-    if cin_per_group < 16:
-        return STEM
+    if dtype == torch.float32:
+        return FP32
     if groups > 1 and cout_per_group <= NARROW.block_co:
         return NARROW
     return WIDE
 
 
-@triton.jit
+# Integer arguments triton must not specialize on (== 1, divisible by 16): shapes, flags and the
+# strides of the small weight and gate (gathered, L2 resident) vary per layer, and each
+# specialization would be another compiled variant for the compile report to cover. The
+# activation strides stay specializable: a channel stride of 1 (channels_last) and 16-divisible
+# pixel strides let triton vectorize the NHWC loads; the report compiles both extremes.
+CONV_RUNTIME_INTS = ("C_in", "H", "W", "C_out", "H_out", "W_out", "swo", "swi", "swh", "sww", "sgn", "sgc", "ksize",
+                     "conv_stride", "padding", "cin_per_group", "cout_per_group", "groups_per_tile",
+                     "co_blocks_per_group", "has_bias", "has_res", "relu", "want_sums")
+ACTIVATION_STRIDES = ("sxn", "sxc", "sxh", "sxw", "srn", "src", "srh", "srw", "syn", "syc", "syh", "syw")
+
+
+@triton.jit(do_not_specialize=CONV_RUNTIME_INTS)
 def conv_bn_act_kernel(
     x_ptr, w_ptr, bias_ptr, res_ptr, gate_ptr, y_ptr, sums_ptr,
     C_in, H, W, C_out, H_out, W_out,
@@ -78,14 +94,14 @@ def conv_bn_act_kernel(
     srn, src, srh, srw,
     syn, syc, syh, syw,
     sgn, sgc,
-    conv_stride, padding,
+    ksize, conv_stride, padding,
     cin_per_group, cout_per_group, groups_per_tile, co_blocks_per_group,
     has_bias, has_res, relu, want_sums,
-    KSIZE: tl.constexpr, GATED: tl.constexpr, UPCAST_DOT: tl.constexpr,
+    GATED: tl.constexpr, UPCAST_DOT: tl.constexpr,
     BLOCK_P: tl.constexpr, BLOCK_CO: tl.constexpr, BLOCK_CI: tl.constexpr,
 ):
-    # Flags that only change the epilogue are runtime ints (uniform branches), so one compiled
-    # variant serves every bias/residual/relu/sums combination and the report compiles it once.
+    # The kernel size (1 or 3) and the epilogue flags are runtime ints (a loop bound, uniform
+    # branches), so one compiled variant per config and dtype serves every conv of the zoo.
     pid_p = tl.program_id(0)
     pid_c = tl.program_id(1)
     hw_out = H_out * W_out
@@ -107,9 +123,9 @@ def conv_bn_act_kernel(
     ci_hi = tl.minimum(ci_lo + groups_per_tile * cin_per_group, C_in)
 
     acc = tl.zeros((BLOCK_P, BLOCK_CO), dtype=tl.float32)
-    for kh in range(KSIZE):
+    for kh in range(ksize):
         ih = oh * conv_stride - padding + kh
-        for kw in range(KSIZE):
+        for kw in range(ksize):
             iw = ow * conv_stride - padding + kw
             pix_ok = p_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
             x_pix = x_ptr + n * sxn + ih * sxh + iw * sxw
@@ -166,24 +182,26 @@ def launch_conv(x: Tensor, weight4: Tensor, bias: Optional[Tensor], stride: int,
     w_strides = weight4.stride() if weight4.dim() == 4 else (*weight4.stride(), 0, 0)
     h_out, w_out = y.shape[2], y.shape[3]
     cin_pg, cout_pg = c_in // groups, c_out // groups
-    cfg = pick_config(cin_pg, cout_pg, groups)
+    cfg = pick_config(cout_pg, groups, x.dtype)
     if cout_pg <= cfg.block_co:
         groups_per_tile, co_blocks_per_group = max(1, cfg.block_co // cout_pg), 1
     else:
         groups_per_tile, co_blocks_per_group = 1, triton.cdiv(cout_pg, cfg.block_co)
     channel_tiles = triton.cdiv(groups, groups_per_tile) * co_blocks_per_group
     grid = (n * triton.cdiv(h_out * w_out, cfg.block_p), channel_tiles)
-    # Absent optional tensors: pass y as a placeholder pointer; the runtime flag keeps it unread.
+    # Absent optional tensors get a placeholder of the same dtype (so no extra compiled variant per
+    # placeholder dtype); the runtime flag or GATED keeps it unread.
     res = residual if residual is not None else y
-    gate_t = gate if gate is not None else y
+    fp32_placeholder = y.new_empty(0, dtype=torch.float32) if gate is None or sums is None else None
+    gate_t = gate if gate is not None else fp32_placeholder
     wrap_triton(conv_bn_act_kernel)[grid](
-        x, weight4, bias if bias is not None else y, res, gate_t, y, sums if sums is not None else y,
+        x, weight4, bias if bias is not None else y, res, gate_t, y, sums if sums is not None else fp32_placeholder,
         c_in, h, w, c_out, h_out, w_out,
         *x.stride(), *w_strides, *res.stride(), *y.stride(),
-        gate_t.stride(0) if gate is not None else 0, gate_t.stride(1) if gate is not None else 0,
-        stride, padding, cin_pg, cout_pg, groups_per_tile, co_blocks_per_group,
+        *(gate.stride() if gate is not None else (0, 0)),
+        ksize, stride, padding, cin_pg, cout_pg, groups_per_tile, co_blocks_per_group,
         int(bias is not None), int(residual is not None), int(relu), int(sums is not None),
-        KSIZE=ksize, GATED=gate is not None, UPCAST_DOT=interpreting() and x.dtype == torch.bfloat16,
+        GATED=gate is not None, UPCAST_DOT=interpreting() and x.dtype == torch.bfloat16,
         BLOCK_P=cfg.block_p, BLOCK_CO=cfg.block_co, BLOCK_CI=cfg.block_ci, num_warps=cfg.num_warps,
     )
 
@@ -210,3 +228,23 @@ def triton_conv_bn_act_sums(x: Tensor, weight: Tensor, bias: Optional[Tensor], s
     sums = torch.zeros((y.shape[0], y.shape[1]), dtype=torch.float32, device=x.device)
     launch_conv(x, weight, bias, stride, padding, groups, residual, relu, y, sums)
     return y, sums
+
+
+def compile_variants():
+    """Every (config, GATED, dtype, layout) variant launch_conv can compile, for the compile report.
+    pick_config reaches every config of a dtype without the gate; the gated 1x1 has groups == 1,
+    so it gets WIDE (FP32 for fp32)."""
+    from .variants import LAYOUTS, TRITON_TYPES, make_variant
+
+    for dtype, configs in CONV_CONFIGS.items():
+        t = TRITON_TYPES[dtype]
+        pointers = dict(x_ptr=t, w_ptr=t, bias_ptr=t, res_ptr=t, gate_ptr="fp32", y_ptr=t, sums_ptr="fp32")
+        gated_config = pick_config(1, 1, dtype)
+        for gated, cfg in [(False, c) for c in configs] + [(True, gated_config)]:
+            label = (f"{'gated ' if gated else ''}{cfg.name} P{cfg.block_p}xCO{cfg.block_co}xCI{cfg.block_ci}"
+                     f" w{cfg.num_warps}")
+            consts = dict(GATED=gated, UPCAST_DOT=False, BLOCK_P=cfg.block_p, BLOCK_CO=cfg.block_co,
+                          BLOCK_CI=cfg.block_ci)
+            for layout in LAYOUTS:
+                yield make_variant(conv_bn_act_kernel, label, t, layout, cfg.num_warps, pointers, consts,
+                                   unit_strides=("sxc", "src", "syc"), strides=ACTIVATION_STRIDES)

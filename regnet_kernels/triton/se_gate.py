@@ -41,7 +41,9 @@ PIXEL_TILE = TileConfig("pixels32_channels128", block_rows=32, block_cols=128, n
 FC_TILE = TileConfig("out64_in64", block_rows=64, block_cols=64, num_warps=4)
 
 
-@triton.jit
+# Shapes and flags are not specialized on (one compiled variant per config and dtype); strides
+# are, as in conv_bn_act.py (vectorized NHWC loads).
+@triton.jit(do_not_specialize=("C", "H", "W"))
 def channel_sums_kernel(x_ptr, sums_ptr, C, H, W, sxn, sxc, sxh, sxw,
                         BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
     """sums[n, c] += sum over this tile's pixels of x[n, c, :, :] (fp32; sums is [N, C] contiguous)."""
@@ -56,7 +58,7 @@ def channel_sums_kernel(x_ptr, sums_ptr, C, H, W, sxn, sxc, sxh, sxw,
     tl.atomic_add(sums_ptr + n * C + c, tl.sum(xt, axis=0), mask=c_ok)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=("IN", "OUT", "sigmoid"))
 def se_fc_kernel(v_ptr, w_ptr, b_ptr, out_ptr, IN, OUT, v_scale, svn, svi, swo, swi, sigmoid,
                  BLOCK_O: tl.constexpr, BLOCK_I: tl.constexpr):
     """out[n, o] = act(sum_i w[o, i] * (v[n, i] * v_scale) + b[o]) in fp32; act = sigmoid if
@@ -79,7 +81,7 @@ def se_fc_kernel(v_ptr, w_ptr, b_ptr, out_ptr, IN, OUT, v_scale, svn, svi, swo, 
     tl.store(out_ptr + n * OUT + o, acc, mask=o_ok)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=("C", "H", "W", "has_res", "relu"))
 def gate_apply_kernel(x_ptr, gate_ptr, res_ptr, y_ptr, C, H, W,
                       sxn, sxc, sxh, sxw, srn, src, srh, srw, syn, syc, syh, syw,
                       has_res, relu, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
@@ -134,3 +136,28 @@ def triton_se_gate(x: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor, re
         x, gate, res, y, c, h, w, *x.stride(), *res.stride(), *y.stride(),
         int(residual is not None), int(relu), **tile)
     return y
+
+
+def compile_variants():
+    """Every (kernel, config, dtype, layout) variant triton_se_gate can compile, for the compile report."""
+    from ..ops.checks import KERNEL_DTYPES
+    from .variants import LAYOUTS, TRITON_TYPES, make_variant
+
+    pixel_label = f"{PIXEL_TILE.name} w{PIXEL_TILE.num_warps}"
+    pixel_consts = dict(BLOCK_P=PIXEL_TILE.block_rows, BLOCK_C=PIXEL_TILE.block_cols)
+    fc_label = f"{FC_TILE.name} w{FC_TILE.num_warps}"
+    fc_consts = dict(BLOCK_O=FC_TILE.block_rows, BLOCK_I=FC_TILE.block_cols)
+    for dtype in KERNEL_DTYPES:
+        t = TRITON_TYPES[dtype]
+        for layout in LAYOUTS:
+            yield make_variant(channel_sums_kernel, pixel_label, t, layout, PIXEL_TILE.num_warps,
+                               dict(x_ptr=t, sums_ptr="fp32"), pixel_consts,
+                               unit_strides=("sxc",), strides=("sxn", "sxh", "sxw"))
+            # The SE weights are x's dtype (the backend requires it); v is the fp32 sums or hidden.
+            yield make_variant(se_fc_kernel, fc_label, t, layout, FC_TILE.num_warps,
+                               dict(v_ptr="fp32", w_ptr=t, b_ptr=t, out_ptr="fp32"), fc_consts,
+                               unit_strides=("svi", "swi"), strides=("svn", "swo"), float_args=("v_scale",))
+            yield make_variant(gate_apply_kernel, pixel_label, t, layout, PIXEL_TILE.num_warps,
+                               dict(x_ptr=t, gate_ptr="fp32", res_ptr=t, y_ptr=t), pixel_consts,
+                               unit_strides=("sxc", "src", "syc"),
+                               strides=("sxn", "sxh", "sxw", "srn", "srh", "srw", "syn", "syh", "syw"))
