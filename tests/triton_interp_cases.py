@@ -37,6 +37,10 @@ EPILOGUES = [(False, True, True, True), (True, True, False, True), (True, False,
              (False, False, False, False), (True, True, True, False)]
 
 
+def as64(t):
+    return None if t is None else t.to(torch.float64)
+
+
 def setup_module():
     assert triton_backend.interpreting(), (
         "triton was imported before TRITON_INTERPRET=1 was set; run this file in its own process")
@@ -69,7 +73,6 @@ def run_conv_case(case: ConvCase, dtype, layout, epilogue):
     args = dict(bias=bias, stride=case.stride, groups=case.groups, residual=residual, relu=relu, channel_sums=sums)
     with poison_outputs():
         out = rk.conv_bn_act(x, weight, backend="triton", **args)
-    as64 = lambda t: None if t is None else t.to(torch.float64)  # noqa: E731
     ref = conv_bn_act_eager(x.double(), weight.double(), as64(bias), case.stride, pad, case.groups, as64(residual),
                             relu, sums)
     eager = None if dtype == torch.float32 else conv_bn_act_eager(x, weight, bias, case.stride, pad, case.groups,
@@ -130,7 +133,6 @@ def test_se_gate(i, shape, dtype, given_sums):
     sums = x.sum((2, 3), dtype=torch.float32) if given_sums else None
     with poison_outputs():
         out = rk.se_gate(x, *params, residual=residual, relu=relu, sums=sums, backend="triton")
-    as64 = lambda t: None if t is None else t.to(torch.float64)  # noqa: E731
     ref = se_gate_eager(x.double(), *map(as64, params), as64(residual), relu, as64(sums))
     eager = se_gate_eager(x, *params, residual, relu, sums)
     assert out.stride(1) == 1 or not channels_last or c == 1
@@ -155,7 +157,6 @@ def test_gated_conv1x1(i, shape, dtype):
     residual = random_tensor((n, c_out, h, w), dtype, channels_last) if with_res else None
     with poison_outputs():
         out = rk.gated_conv1x1(x, gate, weight, bias, residual=residual, relu=relu, backend="triton")
-    as64 = lambda t: None if t is None else t.to(torch.float64)  # noqa: E731
     ref = gated_conv1x1_eager(x.double(), gate.double(), weight.double(), as64(bias), as64(residual), relu)
     eager = gated_conv1x1_eager(x, gate, weight, bias, residual, relu)
     assert_accurate(out, ref, eager, what=f"gated_conv1x1 {shape} {dtype} layout={(channels_last, noncontig)}")

@@ -12,20 +12,24 @@ Design: implicit GEMM on tensor cores, NHWC-native, fp32 accumulation.
   (small group widths) or one `BLOCK_CO` slice of one group (wide groups), so it needs only its
   own groups' input channels. Within a multi-group tile the weight tile is block diagonal
   (cross-group entries masked to zero): for group width 8 and BLOCK_CO=32 the tensor cores do 4x
-  the useful MACs, which costs nothing measurable because the narrow groups are memory bound.
-Bytes moved (the grouped conv is memory bound, ~4.5*g flop/byte in fp16 against ~295 on H100):
-  DRAM traffic is one read of x (the 9 taps of a tile re-read neighbouring rows, which sit in
-  L1/L2 because a tile is BLOCK_P consecutive pixels of one image), one write of y, one read of
-  the residual when given, and the weights (C_out * C_in/groups * k*k elements, read per tile but
-  L2 resident). fp16 [16, 224, 28, 28] grouped 3x3 s1: 2 * 2.8 MB = 5.6 MB vs 6.7 kB of weights.
-  A direct (CUDA-core FMA) kernel would move the same bytes but is compute bound for the wide
-  groups (g=232 does ~1000 flop/byte), hence tensor cores with the masked block-diagonal waste.
+  the useful MACs (see below for why that is affordable).
+Bytes moved: DRAM traffic is one read of x (the 9 taps of a tile re-read neighbouring rows, which
+  sit in L1/L2 because a tile is BLOCK_P consecutive pixels of one image), one write of y, one
+  read of the residual when given, and the weights (C_out * C_in/groups * k*k elements, read per
+  tile but L2 resident). Example, fp16 [16, 224, 28, 28], grouped 3x3 stride 1, g=8: x 5.6 MB
+  read + y 5.6 MB written = 11.2 MB against 32 kB of weights and 0.40 GFLOP, i.e. 36 flop/byte
+  (4.5*g). Why tensor cores although the conv is "memory bound": H100 CUDA-core fp32 FMA needs
+  only ~20 flop/byte to keep up with 3.35 TB/s, so a direct FMA kernel would already be compute
+  bound at g=8 and hopeless at g=232 (~1000 flop/byte); on tensor cores (~295 flop/byte fp16 on
+  H100, ~156 on A100) even the 4x block-diagonal waste at g=8 (144 flop/byte) stays at or under
+  the balance point, and g=232 pads 232 channels to 256 in both C_out and C_in (1.2x).
+  fp32 runs tl.dot with input_precision="ieee" (FMAs, no TF32) to keep the 1e-5 relative error
+  the tests demand: correct, but compute bound; fp16/bf16 are the fast path.
 Channel sums (K2): each tile reduces its fp32 epilogue values over its pixels and atomically
   adds [BLOCK_CO] partial sums into a zeroed [N, C_out] fp32 buffer: ceil(H*W / BLOCK_P) atomics
   per (n, c) (49 for 56x56), far too few to contend, and no second kernel or [tiles, N, C]
   scratch buffer as a two-stage reduction would need. The order of the fp32 adds varies from run
   to run (not bitwise deterministic); the SE gate does not need that.
-fp32 uses input_precision="ieee" (no TF32) to keep the 1e-5 relative error the tests demand.
 """
 
 from __future__ import annotations

@@ -41,20 +41,27 @@ PIXEL_TILE = TileConfig("pixels32_channels128", block_rows=32, block_cols=128, n
 FC_TILE = TileConfig("out64_in64", block_rows=64, block_cols=64, num_warps=4)
 
 
+@triton.jit
+def nhwc_tile(H, W, C, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+    """This program's image n, pixel rows (h, w, in-range mask) and channels (c, in-range mask) of
+    a [BLOCK_P, BLOCK_C] tile; the grid is (N * cdiv(H*W, BLOCK_P), cdiv(C, BLOCK_C))."""
+    hw = H * W
+    tiles_per_image = tl.cdiv(hw, BLOCK_P)
+    n = tl.program_id(0) // tiles_per_image
+    p = (tl.program_id(0) % tiles_per_image) * BLOCK_P + tl.arange(0, BLOCK_P)
+    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    return n, p // W, p % W, p < hw, c, c < C
+
+
 # Shapes and flags are not specialized on (one compiled variant per config and dtype); strides
 # are, as in conv_bn_act.py (vectorized NHWC loads).
 @triton.jit(do_not_specialize=("C", "H", "W"))
 def channel_sums_kernel(x_ptr, sums_ptr, C, H, W, sxn, sxc, sxh, sxw,
                         BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
     """sums[n, c] += sum over this tile's pixels of x[n, c, :, :] (fp32; sums is [N, C] contiguous)."""
-    hw = H * W
-    tiles_per_image = tl.cdiv(hw, BLOCK_P)
-    n = tl.program_id(0) // tiles_per_image
-    p = (tl.program_id(0) % tiles_per_image) * BLOCK_P + tl.arange(0, BLOCK_P)
-    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    c_ok = c < C
-    offs = (n * sxn + (p // W) * sxh + (p % W) * sxw)[:, None] + c[None, :] * sxc
-    xt = tl.load(x_ptr + offs, mask=(p < hw)[:, None] & c_ok[None, :], other=0.0).to(tl.float32)
+    n, h, w, p_ok, c, c_ok = nhwc_tile(H, W, C, BLOCK_P, BLOCK_C)
+    offs = (n * sxn + h * sxh + w * sxw)[:, None] + c[None, :] * sxc
+    xt = tl.load(x_ptr + offs, mask=p_ok[:, None] & c_ok[None, :], other=0.0).to(tl.float32)
     tl.atomic_add(sums_ptr + n * C + c, tl.sum(xt, axis=0), mask=c_ok)
 
 
@@ -86,14 +93,8 @@ def gate_apply_kernel(x_ptr, gate_ptr, res_ptr, y_ptr, C, H, W,
                       sxn, sxc, sxh, sxw, srn, src, srh, srw, syn, syc, syh, syw,
                       has_res, relu, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
     """y = act(x * gate[n, c] + residual), fp32 math, one rounding to y's dtype."""
-    hw = H * W
-    tiles_per_image = tl.cdiv(hw, BLOCK_P)
-    n = tl.program_id(0) // tiles_per_image
-    p = (tl.program_id(0) % tiles_per_image) * BLOCK_P + tl.arange(0, BLOCK_P)
-    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    c_ok = c < C
-    ok = (p < hw)[:, None] & c_ok[None, :]
-    h, w = p // W, p % W
+    n, h, w, p_ok, c, c_ok = nhwc_tile(H, W, C, BLOCK_P, BLOCK_C)
+    ok = p_ok[:, None] & c_ok[None, :]
     xt = tl.load(x_ptr + (n * sxn + h * sxh + w * sxw)[:, None] + c[None, :] * sxc, mask=ok, other=0.0)
     g = tl.load(gate_ptr + n * C + c, mask=c_ok, other=0.0)
     out = xt.to(tl.float32) * g[None, :]
