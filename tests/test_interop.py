@@ -29,7 +29,6 @@ from regnet.interop import (
     TORCHVISION_TO_ZOO,
     bgr_to_rgb_first_conv,
     convert_timm_state_dict,
-    convert_torchvision_state_dict,
     detect_source,
     export_mmdet,
     load_pycls,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 from typing import Any, Mapping, Union
 
-import torch
 from torch import nn
 
 from ..checkpoint import load_state_dict_strict, safe_load
