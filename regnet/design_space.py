@@ -261,8 +261,8 @@ class AnyNetXSpace(DesignSpace):
         widths = rng.integers(1, self.max_width // self.width_quantum + 1, shape) * self.width_quantum
         bs = rng.choice(self.bottleneck_ratios, (size, 1) if self.shared_b else shape)
         gs = rng.choice(self.group_widths, (size, 1) if self.shared_g else shape)
-        # Sorting independent draws gives every non-decreasing sequence without rejecting
-        # 23 draws in 24.
+        # Sorting independent draws reaches every non-decreasing sequence (with the probability
+        # of all its orderings) where rejecting the unsorted ones would discard 23 draws in 24.
         depths = np.sort(depths, axis=1) if self.increasing_d else depths
         widths = np.sort(widths, axis=1) if self.increasing_w else widths
         return {"depth": depths, "width": widths, "b": np.repeat(bs, n // bs.shape[1], axis=1),

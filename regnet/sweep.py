@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import os
 import socket
-import tempfile
 import threading
 import time
 from dataclasses import asdict, replace
@@ -42,18 +41,14 @@ _ACTIVE_LOCK = threading.Lock()
 
 
 def _write_json_atomically(path: str, obj) -> None:
-    """Write to a temporary file in the same folder, fsync, rename: readers see all or nothing."""
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=os.path.dirname(path))
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Readers see the whole file or none: write a private temporary file, then rename it.
+    (regnet.checkpoint.atomic_save does the same for torch.save.)"""
+    tmp = f"{path}.{socket.gethostname()}.{os.getpid()}.{threading.get_ident()}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 def _read_json(path: str):
@@ -75,9 +70,8 @@ def _join_sweep(out_dir: str, definition: Dict) -> None:
     path = os.path.join(out_dir, "sweep.json")
     definition = json.loads(json.dumps(definition))  # as it reads back: tuples become lists
     if not os.path.exists(path):
-        fd, tmp = tempfile.mkstemp(dir=out_dir, suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            json.dump(definition, f, indent=1)
+        tmp = f"{path}.{socket.gethostname()}.{os.getpid()}.{threading.get_ident()}.new"
+        _write_json_atomically(tmp, definition)
         try:
             os.link(tmp, path)  # fails if another runner created it first
         except FileExistsError:
@@ -149,7 +143,10 @@ def _train_sample(index: int, spec, space: DesignSpace, out_dir: str, train_data
     config = replace(training, ckpt_path=os.path.join(out_dir, "runs", name + ".pt"), resume=True,
                      checkpoint_every=1, log_path=None, progress=False)
     start = time.perf_counter()
-    trainer = Trainer(space.build(spec, num_classes=num_classes), train_dataset, test_dataset, config)
+    # Residual branches start at zero (the last BN of each block): with a few hundred steps,
+    # deep samples then train about as fast as shallow ones instead of staying at chance.
+    model = space.build(spec, num_classes=num_classes, zero_init_last_bn=True)
+    trainer = Trainer(model, train_dataset, test_dataset, config)
     last = trainer.train()[-1]
     cx = space.complexity(spec)
     return {"index": index, "space": space.name, "spec": spec_to_dict(spec), **cx,

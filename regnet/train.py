@@ -193,7 +193,7 @@ def rng_state() -> Dict[str, Any]:
 
 def set_rng_state(state: Dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
+    if state["cuda"] and len(state["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(state["cuda"])
     n = state["numpy"]
     np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
@@ -399,9 +399,10 @@ class Trainer:
         self.module.train()
         per_process = max(1, self.config.precise_bn // self.processes.world_size)
         shard = Subset(self.train_dataset, list(self.sampler)[:per_process])
-        for images, _ in self._loader(shard, None):
+        for batch in self._loader(shard, None):
+            images, _ = self._to_device(*batch)
             with self._autocast():
-                self.module(self._to_device(images, torch.zeros(0))[0])
+                self.module(images)
         for m, momentum in zip(bns, momenta):
             m.momentum = momentum
             if self.processes.distributed:
@@ -455,16 +456,16 @@ class Trainer:
             dist.barrier()  # nobody reads or replaces the file before it is complete
 
     def load_checkpoint(self, path: str) -> None:
-        ckpt = safe_load(path, map_location=self.device)
+        # On the CPU: RNG states must stay there; the model and optimizer copy to their devices.
+        ckpt = safe_load(path, map_location="cpu")
         load_state_dict_strict(self.module, ckpt["model"], source=path)
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
-        self.scaler.load_state_dict(ckpt["scaler"])
+        if ckpt["scaler"]:  # empty when saved without loss scaling
+            self.scaler.load_state_dict(ckpt["scaler"])
         self.epoch, self.history = int(ckpt["epoch"]), list(ckpt["history"])
-        states = ckpt["rng"]
-        rank = self.processes.rank
-        set_rng_state({**states[rank if len(states) == self.processes.world_size else 0],
-                       "cuda": states[0]["cuda"] if self.device.type == "cuda" else []})
+        states, p = ckpt["rng"], self.processes
+        set_rng_state(states[p.rank] if len(states) == p.world_size else states[0])
 
     # -- CSV log ----------------------------------------------------------------------------
 
