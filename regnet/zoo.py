@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Callable, Dict, Optional, Type
 
 from .blocks import Xblock, Yblock
-from .model import RegNet
+from .model import AnyNet, RegNet
 from .widths import RegNetParams
 
 __all__ = ["ZOO", "PYCLS_NAMES", "config_of", "create_model", "list_models"]
@@ -76,8 +76,9 @@ def _canonical(name: str) -> str:
     if low in ZOO:
         return low
     _load_extras()
-    if name in _EXTRA:
-        return name
+    for key in (name, low):
+        if key in _EXTRA:
+            return key
     raise ValueError(f"model name {name!r} is unknown: expected one of {list_models()}")
 
 
@@ -97,7 +98,8 @@ def config_of(name: str):
     return ZOO[key] if key in ZOO else _EXTRA_PARAMS[key]()
 
 
-def create_model(name: str, **kwargs) -> RegNet:
+def create_model(name: str, **kwargs) -> AnyNet:
+    """A zoo model (a RegNet) or a torchvision config (an AnyNet with torchvision's widths)."""
     key = _canonical(name)
     if key in _EXTRA:
         return _EXTRA[key](**kwargs)
