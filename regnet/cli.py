@@ -239,14 +239,16 @@ def _training_config(args, **overrides):
 
 
 def cmd_train(args) -> None:
-    from .train import Trainer
+    from .train import Trainer, seed_everything
 
     train, test, num_classes = _datasets(args, args.train_size, args.test_size)
+    seed_everything(args.seed)  # the initial weights too
     model = create_model(args.model, num_classes=num_classes)
     config = _training_config(args, ckpt_path=args.ckpt, resume=args.resume, checkpoint_every=args.checkpoint_every,
                               freeze_bn=args.freeze_bn, sync_bn=args.sync_bn, progress=not args.quiet)
-    history = Trainer(model, train, test, config).train()
-    if history:
+    trainer = Trainer(model, train, test, config)
+    history = trainer.train()
+    if history and trainer.processes.is_main:
         last = history[-1]
         print(f"done: {len(history)} epochs, test accuracy {last.get('test_acc', float('nan')):.2f}%, "
               f"checkpoint {config.ckpt_path}, log {os.path.splitext(config.ckpt_path)[0] + '.csv'}")

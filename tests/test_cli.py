@@ -87,6 +87,20 @@ def test_train_on_synthetic_data(capsys, tmp_path):
     assert code == 2 and "expected an ImageFolder root with train/ and val/" in err
 
 
+def test_train_on_an_image_folder(capsys, tmp_path):
+    from PIL import Image
+
+    for split in ("train", "val"):
+        for label, colour in (("red", (255, 0, 0)), ("blue", (0, 0, 255))):
+            os.makedirs(tmp_path / split / label)
+            for i in range(4):
+                Image.new("RGB", (20, 20), colour).save(tmp_path / split / label / f"{i}.png")
+    code, out, _ = run(capsys, "train", "--data", tmp_path, "--model", "regnetx_002", "--epochs", 1,
+                       "--image-size", 16, "--batch-size", 4, "--ckpt", tmp_path / "r.pt", "--quiet")
+    assert code == 0 and "done: 1 epochs" in out
+    assert (tmp_path / "r.csv").read_text().count("\n") == 2
+
+
 def test_sweep_on_synthetic_data(capsys, tmp_path):
     args = ["sweep", "RegNetX", "--n", 2, "--synthetic", "--flops", 0, "60M", "--epochs", 1, "--train-size", 64,
             "--test-size", 32, "--batch-size", 32, "--precise-bn", 64, "--out", tmp_path]
