@@ -285,10 +285,12 @@ class Trainer:
     # -- setup ----------------------------------------------------------------------------
 
     def _set_determinism(self) -> None:
+        """deterministic: the same kernels every run (slower); else cuDNN may pick the fastest."""
         if self.config.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.deterministic = self.config.deterministic
-        torch.backends.cudnn.benchmark = not self.config.deterministic
+        if self.device.type == "cuda":
+            torch.backends.cudnn.deterministic = self.config.deterministic
+            torch.backends.cudnn.benchmark = not self.config.deterministic
 
     def _prepare_model(self, model: nn.Module) -> nn.Module:
         cfg, p = self.config, self.processes
