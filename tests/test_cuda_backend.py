@@ -78,10 +78,11 @@ def _cuda_build_expected() -> bool:
 
 @pytest.mark.skipif(_ext.load() is None, reason="regnet_kernels._C is not built")
 def test_extension_built_with_cuda_when_expected_and_ops_registered():
-    if _cuda_build_expected():
-        assert BUILT_WITH_CUDA, "setup.py should have built the CUDA kernels here; rebuild with pip install -e ."
     if not BUILT_WITH_CUDA:
-        pytest.skip("extension built without CUDA")
+        # CI builds and tests in one environment, so there a missing CUDA build is a build bug; a
+        # developer may have built with REGNET_KERNELS_CUDA=0 to save minutes.
+        assert not (os.environ.get("CI") and _cuda_build_expected()), "setup.py should have built the CUDA kernels"
+        pytest.skip("extension built without CUDA (REGNET_KERNELS_CUDA=0, or no nvcc / CPU-only torch)")
     for op in NATIVE_OPS:
         assert torch._C._dispatch_has_kernel_for_dispatch_key(f"regnet_kernels::{op}", "CUDA"), op
 
