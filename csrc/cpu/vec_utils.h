@@ -33,5 +33,30 @@ inline void store_from_float(T* p, const Vectorized<float>& v) {
   }
 }
 
+// The first `count` (< lanes) elements of p widened to fp32, the other lanes zero. Never reads
+// past p + count (tails of channel runs end at a tensor's last element).
+template <typename T>
+inline Vectorized<float> load_as_float(const T* p, int64_t count) {
+  if constexpr (std::is_same_v<T, float>) {
+    return Vectorized<float>::loadu(p, count);
+  } else {
+    __at_align__ T buf[kFloatLanes];
+    for (int64_t i = 0; i < kFloatLanes; ++i) buf[i] = i < count ? p[i] : T(0.f);
+    return load_as_float(buf);
+  }
+}
+
+// Store the first `count` (< lanes) lanes of v to p, rounding to T; writes nothing past p + count.
+template <typename T>
+inline void store_from_float(T* p, const Vectorized<float>& v, int64_t count) {
+  if constexpr (std::is_same_v<T, float>) {
+    v.store(p, count);
+  } else {
+    __at_align__ float buf[kFloatLanes];
+    v.store(buf);
+    for (int64_t i = 0; i < count; ++i) p[i] = static_cast<T>(buf[i]);
+  }
+}
+
 }  // namespace cpu
 }  // namespace regnet_kernels

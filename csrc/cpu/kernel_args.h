@@ -1,0 +1,92 @@
+// The interface between the ISA-independent op wrappers (ops_cpu.cpp: checks, allocation,
+// weight packing, run-time ISA choice) and the kernel bodies (kernels_impl.h), which are
+// compiled once per ISA (kernels_avx512.cpp, kernels_avx2.cpp, kernels_default.cpp).
+//
+// Only plain pointers, sizes and strides cross this boundary: the per-ISA translation units
+// must not include ATen's vec headers before they choose CPU_CAPABILITY, so they see no
+// at::Tensor here.
+#pragma once
+#include <c10/core/ScalarType.h>
+
+#include <cstdint>
+
+namespace regnet_kernels {
+namespace cpu {
+
+// One conv (k x k, k in {1, 3}, 'same' padding, stride 1 or 2, grouped) on channels-last
+// activations, with the epilogue: + bias (folded BN), + residual, ReLU, per-(n, c) sums.
+// The input is optionally scaled by gate[n, c_in] as it is loaded (K4's SE prologue).
+struct ConvProblem {
+  c10::ScalarType dtype;  // of x, residual and y (float, bfloat16 or half); math is fp32
+
+  const void* x;
+  int64_t n, c_in, h, w;
+  int64_t x_sn, x_sh, x_sw;  // element strides; the channel stride is 1
+
+  const float* gate;  // [n][c_in] fp32, row stride gate_sn, or nullptr
+  int64_t gate_sn;
+
+  int64_t k, stride, pad, groups;
+  int64_t cin_g, cout_g;  // channels per group
+  // Packed weights, [group][co_block][kh][kw][ci][nv * lanes] fp32, zero beyond cout_g: the
+  // inner loop is a broadcast of one input value times nv contiguous weight vectors.
+  const float* w_packed;
+  const float* b_packed;  // [group][co_block][nv * lanes] fp32 (zeros without bias)
+  int64_t nv, co_blocks;  // vectors per output-channel block, blocks per group
+
+  const void* residual;  // like y, or nullptr
+  int64_t r_sn, r_sh, r_sw;
+  bool relu;
+
+  void* y;
+  int64_t c_out, h_out, w_out;
+  int64_t y_sn, y_sh, y_sw;
+
+  float* sums;      // [n][c_out] fp32 sums of y over (h, w), or nullptr
+  float* row_sums;  // scratch [n * h_out][c_out] when sums is set (one row per work item)
+};
+
+// Squeeze-excitation: y = act(x * sigmoid(W2 relu(W1 mean(x) + b1) + b2) + residual).
+struct SeProblem {
+  c10::ScalarType dtype;
+  const void* x;
+  int64_t n, c, h, w;
+  int64_t x_sn, x_sh, x_sw;
+  const float* sums;  // [n][c] fp32 contiguous, or nullptr (then computed from x)
+  const float* w1;    // [c_se][c] fp32 contiguous
+  const float* b1;    // [c_se]
+  const float* w2;    // [c][c_se]
+  const float* b2;    // [c]
+  int64_t c_se;
+  const void* residual;
+  int64_t r_sn, r_sh, r_sw;
+  bool relu;
+  void* y;
+  int64_t y_sn, y_sh, y_sw;
+  float* gate;      // scratch [n][c]
+  float* row_sums;  // scratch [n * h][c] (used when sums is nullptr)
+};
+
+// The entry points one ISA provides.
+struct IsaKernels {
+  const char* name;
+  int64_t lanes;                     // fp32 lanes of a vector (the packing unit)
+  int64_t (*max_pixels)(int64_t nv);  // register block: output pixels per micro-kernel call
+  void (*conv)(const ConvProblem&);
+  void (*se_gate)(const SeProblem&);
+};
+
+// Defined in kernels_<isa>.cpp; each returns its table. AVX-512/AVX2 variants exist only on
+// x86-64 builds (REGNET_CPU_X86).
+const IsaKernels& kernels_default();
+#if defined(__x86_64__) || defined(_M_X64)
+#define REGNET_CPU_X86 1
+const IsaKernels& kernels_avx2();
+const IsaKernels& kernels_avx512();
+#endif
+
+// The table for this machine (ATen's choice, so ATEN_CPU_CAPABILITY=avx2 etc. overrides it).
+const IsaKernels& selected_kernels();
+
+}  // namespace cpu
+}  // namespace regnet_kernels

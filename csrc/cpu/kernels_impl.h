@@ -1,0 +1,341 @@
+// Kernel bodies, compiled once per ISA. Include only from kernels_<isa>.cpp, after defining
+// CPU_CAPABILITY (and CPU_CAPABILITY_<ISA>, plus `#pragma GCC target`): ATen's vec headers put
+// Vectorized<float> in the inline namespace at::vec::CPU_CAPABILITY, and so does this file
+// (regnet_kernels::cpu::CPU_CAPABILITY), so every ISA's copy has its own symbols.
+//
+// Conv design (see csrc/cpu/README.md): one work item is one output row (n, oh). Its input rows
+// are converted to fp32 (times the SE gate for K4) into a zero-padded thread-local buffer, so
+// the inner loop has no border tests, no dtype conversion and works on strided views. The
+// micro-kernel keeps P output pixels x NV vectors of output channels in registers; each step
+// broadcasts one input value and does NV fused multiply-adds with a packed weight row. The
+// epilogue (residual, ReLU, store, channel sums) runs on the tile while it is in L1.
+#pragma once
+
+#ifdef VECTOR_WIDTH
+#error "kernels_impl.h must be the first include of ATen's vec headers in its translation unit"
+#endif
+
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/cpu/vec/vec.h>
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "cpu/kernel_args.h"
+#include "cpu/parallel.h"
+#include "cpu/vec_utils.h"
+
+namespace regnet_kernels {
+namespace cpu {
+inline namespace CPU_CAPABILITY {
+
+using Vec = at::vec::Vectorized<float>;
+constexpr int64_t kLanes = Vec::size();
+// Accumulator registers the micro-kernel may use: 32 vector registers with AVX-512, 16
+// otherwise, minus the weight vectors and the broadcast input.
+constexpr int64_t kAccRegs = kLanes == 16 ? 28 : 12;
+constexpr int kMaxNv = 4;
+constexpr int kMaxPixels = 14;
+
+constexpr int64_t max_pixels_for(int64_t nv) {
+  return std::min<int64_t>(kMaxPixels, std::max<int64_t>(1, (kAccRegs - nv) / nv));
+}
+
+// What the micro-kernel needs for one tile: P output pixels x NV vectors of one group's
+// output channels.
+struct Tile {
+  const float* const* rows;  // k padded fp32 input rows, [w + 2 pad][c_in] each
+  int64_t c_in;              // pixel stride of the rows
+  int64_t in_col0;           // first input column (padded coordinates) of the tile's first pixel
+  int64_t stride;
+  int64_t k;
+  int64_t cin_g;
+  int64_t ci0;             // first input channel of the group
+  const float* w;          // packed [kh][kw][ci][NV * lanes] of this (group, block)
+  const float* b;          // [NV * lanes]
+  float* out;              // [P][NV * lanes]
+};
+
+template <int P, int NV>
+void micro_kernel(const Tile& t) {
+  constexpr int64_t VW = NV * kLanes;
+  Vec acc[P][NV];
+  for (int v = 0; v < NV; ++v) {
+    const Vec bias = Vec::loadu(t.b + v * kLanes);
+    for (int p = 0; p < P; ++p) acc[p][v] = bias;
+  }
+  const int64_t pix_step = t.stride * t.c_in;  // between consecutive output pixels in a row
+  const float* w = t.w;
+  for (int64_t kh = 0; kh < t.k; ++kh) {
+    for (int64_t kw = 0; kw < t.k; ++kw) {
+      const float* x = t.rows[kh] + (t.in_col0 + kw) * t.c_in + t.ci0;
+      for (int64_t ci = 0; ci < t.cin_g; ++ci, w += VW) {
+        Vec wv[NV];
+        for (int v = 0; v < NV; ++v) wv[v] = Vec::loadu(w + v * kLanes);
+        for (int p = 0; p < P; ++p) {
+          const Vec xb(x[p * pix_step + ci]);
+          for (int v = 0; v < NV; ++v) acc[p][v] = at::vec::fmadd(wv[v], xb, acc[p][v]);
+        }
+      }
+    }
+  }
+  for (int p = 0; p < P; ++p)
+    for (int v = 0; v < NV; ++v) acc[p][v].store(t.out + p * VW + v * kLanes);
+}
+
+using MicroFn = void (*)(const Tile&);
+
+template <int P, int NV>
+constexpr MicroFn micro_entry() {
+  if constexpr (P <= max_pixels_for(NV)) {
+    return &micro_kernel<P, NV>;
+  } else {
+    return nullptr;  // would not fit in registers; never chosen (see max_pixels_for)
+  }
+}
+
+template <int NV, int... Ps>
+constexpr std::array<MicroFn, kMaxPixels + 1> micro_table(std::integer_sequence<int, Ps...>) {
+  return {nullptr, micro_entry<Ps + 1, NV>()...};
+}
+
+// kMicro[nv][p]: the micro-kernel for p pixels x nv vectors (nullptr where it would spill).
+inline const std::array<std::array<MicroFn, kMaxPixels + 1>, kMaxNv + 1> kMicro = {
+    std::array<MicroFn, kMaxPixels + 1>{},
+    micro_table<1>(std::make_integer_sequence<int, kMaxPixels>{}),
+    micro_table<2>(std::make_integer_sequence<int, kMaxPixels>{}),
+    micro_table<3>(std::make_integer_sequence<int, kMaxPixels>{}),
+    micro_table<4>(std::make_integer_sequence<int, kMaxPixels>{}),
+};
+
+// One input row of x (n, ih), widened to fp32 and gated, into dst's columns pad..pad+w-1.
+template <typename scalar_t>
+void pack_input_row(const ConvProblem& p, const scalar_t* x, int64_t n, int64_t ih, float* dst) {
+  const scalar_t* src_row = x + n * p.x_sn + ih * p.x_sh;
+  const float* gate = p.gate ? p.gate + n * p.gate_sn : nullptr;
+  for (int64_t iw = 0; iw < p.w; ++iw) {
+    const scalar_t* src = src_row + iw * p.x_sw;
+    float* out = dst + (iw + p.pad) * p.c_in;
+    int64_t c = 0;
+    for (; c + kLanes <= p.c_in; c += kLanes) {
+      Vec v = load_as_float(src + c);
+      if (gate) v = v * Vec::loadu(gate + c);
+      v.store(out + c);
+    }
+    if (c < p.c_in) {
+      Vec v = load_as_float(src + c, p.c_in - c);
+      if (gate) v = v * Vec::loadu(gate + c, p.c_in - c);
+      v.store(out + c, p.c_in - c);
+    }
+  }
+}
+
+// Residual, ReLU, store and channel sums for `count` channels starting at co of one pixel.
+template <typename scalar_t>
+inline void epilogue(const ConvProblem& p, Vec v, const scalar_t* res, scalar_t* y, float* row_sum, int64_t count) {
+  if (count == kLanes) {
+    if (res) v = v + load_as_float(res);
+    if (p.relu) v = at::vec::maximum(v, Vec(0.f));
+    store_from_float(y, v);
+    if (row_sum) (Vec::loadu(row_sum) + v).store(row_sum);
+  } else {
+    if (res) v = v + load_as_float(res, count);
+    if (p.relu) v = at::vec::maximum(v, Vec(0.f));
+    store_from_float(y, v, count);
+    if (row_sum) (Vec::loadu(row_sum, count) + v).store(row_sum, count);
+  }
+}
+
+// Sum rows [n][rows][c] over rows into out [n][c].
+inline void reduce_row_sums(const float* row_sums, int64_t n, int64_t rows, int64_t c, float* out) {
+  parallel_for(0, n, 1, [&](int64_t n0, int64_t n1) {
+    for (int64_t i = n0; i < n1; ++i) {
+      float* dst = out + i * c;
+      std::memcpy(dst, row_sums + i * rows * c, c * sizeof(float));
+      for (int64_t r = 1; r < rows; ++r) {
+        const float* src = row_sums + (i * rows + r) * c;
+        int64_t j = 0;
+        for (; j + kLanes <= c; j += kLanes) (Vec::loadu(dst + j) + Vec::loadu(src + j)).store(dst + j);
+        for (; j < c; ++j) dst[j] += src[j];
+      }
+    }
+  });
+}
+
+template <typename scalar_t>
+void conv_typed(const ConvProblem& p) {
+  const auto* x = static_cast<const scalar_t*>(p.x);
+  const auto* res = static_cast<const scalar_t*>(p.residual);
+  auto* y = static_cast<scalar_t*>(p.y);
+  const int64_t padded_w = p.w + 2 * p.pad;
+  const int64_t row_floats = padded_w * p.c_in;
+  const int64_t vw = p.nv * kLanes;
+  const int64_t max_px = max_pixels_for(p.nv);
+  // Split each row into equal pixel blocks of at most max_px (7 -> 7; 28 -> 10, 9, 9).
+  const int64_t px_blocks = (p.w_out + max_px - 1) / max_px;
+  const int64_t w_block_stride = p.k * p.k * p.cin_g * vw;
+  const int64_t items = p.n * p.h_out;
+
+  parallel_for(0, items, 1, [&](int64_t i0, int64_t i1) {
+    // Per-thread scratch: k padded rows (the pad columns stay zero), a zero row for taps
+    // above/below the image, and the tile.
+    std::vector<float> buf((p.k + 1) * row_floats, 0.f);
+    std::vector<float> tile(kMaxPixels * vw);
+    const float* zero_row = buf.data() + p.k * row_floats;
+    const float* rows[3];
+    for (int64_t item = i0; item < i1; ++item) {
+      const int64_t n = item / p.h_out, oh = item % p.h_out;
+      for (int64_t kh = 0; kh < p.k; ++kh) {
+        const int64_t ih = oh * p.stride + kh - p.pad;
+        if (ih < 0 || ih >= p.h) {
+          rows[kh] = zero_row;
+        } else {
+          float* dst = buf.data() + kh * row_floats;
+          pack_input_row(p, x, n, ih, dst);
+          rows[kh] = dst;
+        }
+      }
+      float* row_sum = p.row_sums ? p.row_sums + item * p.c_out : nullptr;
+      if (row_sum) std::fill(row_sum, row_sum + p.c_out, 0.f);
+      const scalar_t* res_row = res ? res + n * p.r_sn + oh * p.r_sh : nullptr;
+      scalar_t* y_row = y + n * p.y_sn + oh * p.y_sh;
+
+      for (int64_t g = 0; g < p.groups; ++g) {
+        for (int64_t cb = 0; cb < p.co_blocks; ++cb) {
+          const int64_t block = g * p.co_blocks + cb;
+          const int64_t co_local0 = cb * vw;
+          const int64_t co0 = g * p.cout_g + co_local0;
+          const int64_t valid = std::min(vw, p.cout_g - co_local0);
+          Tile t{rows, p.c_in, 0, p.stride, p.k, p.cin_g, g * p.cin_g, p.w_packed + block * w_block_stride,
+                 p.b_packed + block * vw, tile.data()};
+          for (int64_t pb = 0, ow0 = 0; pb < px_blocks; ++pb) {
+            const int64_t np = (p.w_out - ow0 + (px_blocks - pb) - 1) / (px_blocks - pb);
+            t.in_col0 = ow0 * p.stride;
+            kMicro[p.nv][np](t);
+            for (int64_t q = 0; q < np; ++q) {
+              const int64_t ow = ow0 + q;
+              for (int64_t c = 0; c < valid; c += kLanes) {
+                epilogue(p, Vec::loadu(tile.data() + q * vw + c), res_row ? res_row + ow * p.r_sw + co0 + c : nullptr,
+                         y_row + ow * p.y_sw + co0 + c, row_sum ? row_sum + co0 + c : nullptr,
+                         std::min(kLanes, valid - c));
+              }
+            }
+            ow0 += np;
+          }
+        }
+      }
+    }
+  });
+  if (p.sums) reduce_row_sums(p.row_sums, p.n, p.h_out, p.c_out, p.sums);
+}
+
+void conv(const ConvProblem& p) {
+  switch (p.dtype) {
+    case at::kFloat: conv_typed<float>(p); break;
+    case at::kBFloat16: conv_typed<at::BFloat16>(p); break;
+    default: conv_typed<at::Half>(p); break;
+  }
+}
+
+// Sum of a[0..len) * b[0..len) in fp32.
+inline float dot(const float* a, const float* b, int64_t len) {
+  Vec acc(0.f);
+  int64_t i = 0;
+  for (; i + kLanes <= len; i += kLanes) acc = at::vec::fmadd(Vec::loadu(a + i), Vec::loadu(b + i), acc);
+  if (i < len) acc = at::vec::fmadd(Vec::loadu(a + i, len - i), Vec::loadu(b + i, len - i), acc);
+  __at_align__ float lanes[kLanes];
+  acc.store(lanes);
+  float s = 0.f;
+  for (int64_t l = 0; l < kLanes; ++l) s += lanes[l];
+  return s;
+}
+
+template <typename scalar_t>
+void se_gate_typed(const SeProblem& p) {
+  const auto* x = static_cast<const scalar_t*>(p.x);
+  const auto* res = static_cast<const scalar_t*>(p.residual);
+  auto* y = static_cast<scalar_t*>(p.y);
+  const int64_t rows = p.n * p.h;
+
+  // 1. Squeeze: per-row partial sums (parallel even at batch 1), then a sum over rows.
+  const float* sums = p.sums;
+  if (!sums) {
+    parallel_for(0, rows, 1, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        const scalar_t* xr = x + (r / p.h) * p.x_sn + (r % p.h) * p.x_sh;
+        float* acc = p.row_sums + r * p.c;
+        std::fill(acc, acc + p.c, 0.f);
+        for (int64_t iw = 0; iw < p.w; ++iw) {
+          const scalar_t* px = xr + iw * p.x_sw;
+          int64_t c = 0;
+          for (; c + kLanes <= p.c; c += kLanes) (Vec::loadu(acc + c) + load_as_float(px + c)).store(acc + c);
+          if (c < p.c) (Vec::loadu(acc + c, p.c - c) + load_as_float(px + c, p.c - c)).store(acc + c, p.c - c);
+        }
+      }
+    });
+    // The gate buffer holds the sums until step 2 overwrites them with the gate.
+    reduce_row_sums(p.row_sums, p.n, p.h, p.c, p.gate);
+    sums = p.gate;
+  }
+
+  // 2. Excite: the MLP in fp32, one sample per task.
+  const float inv_hw = 1.f / static_cast<float>(p.h * p.w);
+  parallel_for(0, p.n, 1, [&](int64_t n0, int64_t n1) {
+    std::vector<float> mean(p.c), hidden(p.c_se);
+    for (int64_t n = n0; n < n1; ++n) {
+      for (int64_t c = 0; c < p.c; ++c) mean[c] = sums[n * p.c + c] * inv_hw;
+      for (int64_t j = 0; j < p.c_se; ++j)
+        hidden[j] = std::max(0.f, dot(p.w1 + j * p.c, mean.data(), p.c) + p.b1[j]);
+      for (int64_t c = 0; c < p.c; ++c) {
+        const float z = dot(p.w2 + c * p.c_se, hidden.data(), p.c_se) + p.b2[c];
+        p.gate[n * p.c + c] = 1.f / (1.f + std::exp(-z));
+      }
+    }
+  });
+
+  // 3. Scale: y = act(x * gate + residual), one pass over x.
+  parallel_for(0, rows, 1, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t n = r / p.h, ih = r % p.h;
+      const float* gate = p.gate + n * p.c;
+      for (int64_t iw = 0; iw < p.w; ++iw) {
+        const scalar_t* px = x + n * p.x_sn + ih * p.x_sh + iw * p.x_sw;
+        const scalar_t* pr = res ? res + n * p.r_sn + ih * p.r_sh + iw * p.r_sw : nullptr;
+        scalar_t* py = y + n * p.y_sn + ih * p.y_sh + iw * p.y_sw;
+        for (int64_t c = 0; c < p.c; c += kLanes) {
+          const int64_t count = std::min(kLanes, p.c - c);
+          Vec v = count == kLanes ? load_as_float(px + c) * Vec::loadu(gate + c)
+                                  : load_as_float(px + c, count) * Vec::loadu(gate + c, count);
+          if (pr) v = v + (count == kLanes ? load_as_float(pr + c) : load_as_float(pr + c, count));
+          if (p.relu) v = at::vec::maximum(v, Vec(0.f));
+          if (count == kLanes) store_from_float(py + c, v); else store_from_float(py + c, v, count);
+        }
+      }
+    }
+  });
+}
+
+void se_gate(const SeProblem& p) {
+  switch (p.dtype) {
+    case at::kFloat: se_gate_typed<float>(p); break;
+    case at::kBFloat16: se_gate_typed<at::BFloat16>(p); break;
+    default: se_gate_typed<at::Half>(p); break;
+  }
+}
+
+}  // namespace CPU_CAPABILITY
+}  // namespace cpu
+}  // namespace regnet_kernels
+
+// Defines kernels_<isa>() returning this ISA's table.
+#define REGNET_DEFINE_ISA_KERNELS(fn_name, isa_name)                                                         \
+  namespace regnet_kernels::cpu {                                                                            \
+  const IsaKernels& fn_name() {                                                                              \
+    static const IsaKernels table{isa_name, CPU_CAPABILITY::kLanes, [](int64_t nv) { return CPU_CAPABILITY::max_pixels_for(nv); }, \
+                                  &CPU_CAPABILITY::conv, &CPU_CAPABILITY::se_gate};                          \
+    return table;                                                                                            \
+  }                                                                                                          \
+  }

@@ -1,0 +1,261 @@
+// CPU implementations of the regnet_kernels ops (schemas in csrc/ops.cpp): argument checks,
+// output allocation, weight packing and the run-time ISA choice. The kernels themselves are in
+// kernels_impl.h, compiled per ISA (see csrc/cpu/README.md).
+#include <ATen/ATen.h>
+#include <ATen/Context.h>
+#include <torch/library.h>
+
+#include <optional>
+#include <tuple>
+
+#include "common.h"
+#include "cpu/kernel_args.h"
+#include "cpu/parallel.h"
+
+namespace regnet_kernels {
+namespace cpu {
+
+const IsaKernels& selected_kernels() {
+  // ATen's own choice (cpuinfo + the ATEN_CPU_CAPABILITY override), read once.
+  static const IsaKernels& chosen = []() -> const IsaKernels& {
+#ifdef REGNET_CPU_X86
+    const std::string cap = at::get_cpu_capability();
+    if (cap == "AVX512") return kernels_avx512();
+    if (cap == "AVX2") return kernels_avx2();
+#endif
+    return kernels_default();
+  }();
+  return chosen;
+}
+
+namespace {
+
+bool is_kernel_dtype(at::ScalarType t) { return t == at::kFloat || t == at::kBFloat16 || t == at::kHalf; }
+
+// Checks every op makes of its activation input x.
+void check_activation(const char* op, const at::Tensor& x) {
+  TORCH_CHECK(x.dim() == 4, op, ": x must be 4-D [N, C, H, W], got ", x.dim(), "-D");
+  TORCH_CHECK(x.device().is_cpu(), op, ": x must be a CPU tensor, got ", x.device());
+  TORCH_CHECK(is_kernel_dtype(x.scalar_type()), op, ": x dtype must be float32, bfloat16 or float16, got ",
+              x.scalar_type());
+  TORCH_CHECK(x.stride(1) == 1 || x.size(1) == 1, op,
+              ": x must be channels-last (stride of C == 1), got strides ", x.strides());
+}
+
+// An optional tensor that must match x in device and dtype, with `shape` and channel stride 1.
+void check_like_x(const char* op, const char* name, const at::Tensor& t, const at::Tensor& x,
+                  at::IntArrayRef shape, bool channels_last) {
+  TORCH_CHECK(t.device() == x.device(), op, ": ", name, " must be on ", x.device(), " like x, got ", t.device());
+  TORCH_CHECK(t.scalar_type() == x.scalar_type(), op, ": ", name, " dtype must be ", x.scalar_type(),
+              " (the dtype of x), got ", t.scalar_type());
+  TORCH_CHECK(t.sizes() == shape, op, ": ", name, " must have shape ", shape, ", got ", t.sizes());
+  if (channels_last)
+    TORCH_CHECK(t.stride(1) == 1 || t.size(1) == 1, op, ": ", name,
+                " must be channels-last (stride of C == 1), got strides ", t.strides());
+}
+
+// A small parameter tensor (weights, biases, gate, sums) as contiguous fp32.
+at::Tensor as_float_param(const char* op, const char* name, const at::Tensor& t, const at::Tensor& x,
+                          at::IntArrayRef shape) {
+  TORCH_CHECK(t.device() == x.device(), op, ": ", name, " must be on ", x.device(), " like x, got ", t.device());
+  TORCH_CHECK(t.scalar_type() == at::kFloat || t.scalar_type() == x.scalar_type(), op, ": ", name,
+              " dtype must be float32 or ", x.scalar_type(), ", got ", t.scalar_type());
+  TORCH_CHECK(t.sizes() == shape, op, ": ", name, " must have shape ", shape, ", got ", t.sizes());
+  return t.to(at::kFloat).contiguous();
+}
+
+// Weight [C_out, C_in/groups, k, k] repacked to fp32 [group][block][kh][kw][ci][nv * lanes],
+// zero-padded to whole vectors, and the bias to [group][block][nv * lanes].
+std::pair<at::Tensor, at::Tensor> pack_weights(const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                                               int64_t groups, int64_t nv, int64_t co_blocks, int64_t lanes) {
+  const int64_t cout_g = weight.size(0) / groups, cin_g = weight.size(1), k = weight.size(2);
+  const int64_t vw = nv * lanes, blocks = groups * co_blocks;
+  auto w32 = weight.to(at::kFloat);  // a no-op for fp32 weights; strides are honoured below
+  auto b32 = bias ? bias->to(at::kFloat).contiguous() : at::Tensor();
+  auto w_packed = at::zeros({blocks * k * k * cin_g * vw}, weight.options().dtype(at::kFloat));
+  auto b_packed = at::zeros({blocks * vw}, weight.options().dtype(at::kFloat));
+  const float* src = w32.const_data_ptr<float>();
+  const int64_t s0 = w32.stride(0), s1 = w32.stride(1), s2 = w32.stride(2), s3 = w32.stride(3);
+  float* wp = w_packed.mutable_data_ptr<float>();
+  float* bp = b_packed.mutable_data_ptr<float>();
+  const float* bsrc = bias ? b32.const_data_ptr<float>() : nullptr;
+  parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t block = b0; block < b1; ++block) {
+      const int64_t g = block / co_blocks, cb = block % co_blocks;
+      const int64_t valid = std::min(vw, cout_g - cb * vw);
+      const int64_t co0 = g * cout_g + cb * vw;
+      float* dst = wp + block * k * k * cin_g * vw;
+      for (int64_t kh = 0; kh < k; ++kh)
+        for (int64_t kw = 0; kw < k; ++kw)
+          for (int64_t ci = 0; ci < cin_g; ++ci, dst += vw)
+            for (int64_t j = 0; j < valid; ++j) dst[j] = src[(co0 + j) * s0 + ci * s1 + kh * s2 + kw * s3];
+      if (bsrc)
+        for (int64_t j = 0; j < valid; ++j) bp[block * vw + j] = bsrc[co0 + j];
+    }
+  });
+  return {w_packed, b_packed};
+}
+
+// Shared by conv_bn_act, conv_bn_act_sums and gated_conv1x1. Returns y; fills sums if given.
+at::Tensor run_conv(const char* op, const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                    int64_t stride, int64_t padding, int64_t groups, const std::optional<at::Tensor>& residual,
+                    bool relu, const at::Tensor& gate, at::Tensor* sums) {
+  check_activation(op, x);
+  TORCH_CHECK(weight.dim() == 4, op, ": weight must be 4-D [C_out, C_in/groups, k, k], got ", weight.dim(), "-D");
+  TORCH_CHECK(weight.device() == x.device(), op, ": weight must be on ", x.device(), ", got ", weight.device());
+  TORCH_CHECK(weight.scalar_type() == x.scalar_type(), op, ": weight dtype must be ", x.scalar_type(),
+              " (the dtype of x), got ", weight.scalar_type());
+  TORCH_CHECK(groups >= 1, op, ": groups must be >= 1, got ", groups);
+  const int64_t n = x.size(0), c_in = x.size(1), h = x.size(2), w = x.size(3);
+  const int64_t c_out = weight.size(0), k = weight.size(2);
+  TORCH_CHECK(k == weight.size(3) && (k == 1 || k == 3), op, ": weight must be a 1x1 or 3x3 kernel, got ",
+              weight.size(2), "x", weight.size(3));
+  TORCH_CHECK(c_in % groups == 0 && c_out % groups == 0, op, ": groups=", groups, " must divide C_in=", c_in,
+              " and C_out=", c_out);
+  TORCH_CHECK(weight.size(1) == c_in / groups, op, ": weight must have C_in/groups=", c_in / groups,
+              " input channels, got shape ", weight.sizes());
+  TORCH_CHECK(stride == 1 || stride == 2, op, ": stride must be 1 or 2, got ", stride);
+  TORCH_CHECK(padding == (k - 1) / 2, op, ": padding must be ", (k - 1) / 2, " for a ", k, "x", k,
+              " kernel, got ", padding);
+  const int64_t h_out = (h + 2 * padding - k) / stride + 1, w_out = (w + 2 * padding - k) / stride + 1;
+  TORCH_CHECK(h_out >= 1 && w_out >= 1, op, ": x of shape ", x.sizes(), " gives an empty output");
+  if (bias) {
+    TORCH_CHECK(bias->device() == x.device() && bias->scalar_type() == x.scalar_type() && bias->dim() == 1 &&
+                    bias->size(0) == c_out,
+                op, ": bias must be a [", c_out, "] ", x.scalar_type(), " tensor on ", x.device(), ", got ",
+                bias->sizes(), " ", bias->scalar_type(), " on ", bias->device());
+  }
+  const std::vector<int64_t> out_shape{n, c_out, h_out, w_out};
+  if (residual) check_like_x(op, "residual", *residual, x, out_shape, true);
+
+  const IsaKernels& isa = selected_kernels();
+  const int64_t cout_g = c_out / groups, cin_g = c_in / groups;
+  // Output-channel blocking: up to 4 vectors per block, blocks as even as possible.
+  const int64_t vectors = (cout_g + isa.lanes - 1) / isa.lanes;
+  const int64_t co_blocks = (vectors + 3) / 4;
+  const int64_t nv = (vectors + co_blocks - 1) / co_blocks;
+  auto [w_packed, b_packed] = pack_weights(weight, bias, groups, nv, co_blocks, isa.lanes);
+
+  at::Tensor y = new_output(x, out_shape);
+  at::Tensor row_sums;
+  if (sums) {
+    *sums = new_output(x, {n, c_out}, at::kFloat);
+    row_sums = at::empty({n * h_out, c_out}, x.options().dtype(at::kFloat));
+  }
+  if (y.numel() == 0) {
+    if (sums) sums->zero_();
+    return y;
+  }
+  ConvProblem p{};
+  p.dtype = x.scalar_type();
+  p.x = x.const_data_ptr();
+  p.n = n, p.c_in = c_in, p.h = h, p.w = w;
+  p.x_sn = x.stride(0), p.x_sh = x.stride(2), p.x_sw = x.stride(3);
+  p.gate = gate.defined() ? gate.const_data_ptr<float>() : nullptr;
+  p.gate_sn = gate.defined() ? gate.stride(0) : 0;
+  p.k = k, p.stride = stride, p.pad = padding, p.groups = groups, p.cin_g = cin_g, p.cout_g = cout_g;
+  p.w_packed = w_packed.const_data_ptr<float>();
+  p.b_packed = b_packed.const_data_ptr<float>();
+  p.nv = nv, p.co_blocks = co_blocks;
+  p.residual = residual ? residual->const_data_ptr() : nullptr;
+  if (residual) p.r_sn = residual->stride(0), p.r_sh = residual->stride(2), p.r_sw = residual->stride(3);
+  p.relu = relu;
+  p.y = y.mutable_data_ptr();
+  p.c_out = c_out, p.h_out = h_out, p.w_out = w_out;
+  p.y_sn = y.stride(0), p.y_sh = y.stride(2), p.y_sw = y.stride(3);
+  p.sums = sums ? sums->mutable_data_ptr<float>() : nullptr;
+  p.row_sums = sums ? row_sums.mutable_data_ptr<float>() : nullptr;
+  isa.conv(p);
+  return y;
+}
+
+at::Tensor conv_bn_act_cpu(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                           int64_t stride, int64_t padding, int64_t groups, const std::optional<at::Tensor>& residual,
+                           bool relu) {
+  return run_conv("conv_bn_act", x, weight, bias, stride, padding, groups, residual, relu, at::Tensor(), nullptr);
+}
+
+std::tuple<at::Tensor, at::Tensor> conv_bn_act_sums_cpu(const at::Tensor& x, const at::Tensor& weight,
+                                                        const std::optional<at::Tensor>& bias, int64_t stride,
+                                                        int64_t padding, int64_t groups, bool relu) {
+  at::Tensor sums;
+  at::Tensor y = run_conv("conv_bn_act_sums", x, weight, bias, stride, padding, groups, std::nullopt, relu,
+                          at::Tensor(), &sums);
+  return {y, sums};
+}
+
+at::Tensor gated_conv1x1_cpu(const at::Tensor& x, const at::Tensor& gate, const at::Tensor& weight,
+                             const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& residual,
+                             bool relu) {
+  const char* op = "gated_conv1x1";
+  check_activation(op, x);
+  TORCH_CHECK(weight.dim() == 2 || (weight.dim() == 4 && weight.size(2) == 1 && weight.size(3) == 1), op,
+              ": weight must be [C_out, C] or [C_out, C, 1, 1], got ", weight.sizes());
+  const at::Tensor w4 = weight.dim() == 2 ? weight.unsqueeze(2).unsqueeze(3) : weight;
+  TORCH_CHECK(w4.size(1) == x.size(1), op, ": weight must have C=", x.size(1), " input channels, got ",
+              weight.sizes());
+  const at::Tensor gate32 = as_float_param(op, "gate", gate, x, {x.size(0), x.size(1)});
+  return run_conv(op, x, w4, bias, 1, 0, 1, residual, relu, gate32, nullptr);
+}
+
+at::Tensor se_gate_cpu(const at::Tensor& x, const at::Tensor& w1, const at::Tensor& b1, const at::Tensor& w2,
+                       const at::Tensor& b2, const std::optional<at::Tensor>& residual, bool relu,
+                       const std::optional<at::Tensor>& sums) {
+  const char* op = "se_gate";
+  check_activation(op, x);
+  const int64_t n = x.size(0), c = x.size(1);
+  // FC weights may come as 1x1 conv weights [out, in, 1, 1].
+  auto as_matrix = [&](const at::Tensor& t, const char* name) {
+    TORCH_CHECK(t.dim() == 2 || (t.dim() == 4 && t.size(2) == 1 && t.size(3) == 1), op, ": ", name,
+                " must be [out, in] or [out, in, 1, 1], got ", t.sizes());
+    return t.dim() == 2 ? t : t.flatten(1);
+  };
+  const at::Tensor w1m = as_matrix(w1, "w1"), w2m = as_matrix(w2, "w2");
+  const int64_t c_se = w1m.size(0);
+  TORCH_CHECK(c_se >= 1, op, ": w1 must have at least one output, got ", w1.sizes());
+  const at::Tensor w1f = as_float_param(op, "w1", w1m, x, {c_se, c});
+  const at::Tensor w2f = as_float_param(op, "w2", w2m, x, {c, c_se});
+  const at::Tensor b1f = as_float_param(op, "b1", b1, x, {c_se});
+  const at::Tensor b2f = as_float_param(op, "b2", b2, x, {c});
+  at::Tensor sums32;
+  if (sums) {
+    TORCH_CHECK(sums->scalar_type() == at::kFloat, op, ": sums must be float32, got ", sums->scalar_type());
+    sums32 = as_float_param(op, "sums", *sums, x, {n, c});
+  }
+  if (residual) check_like_x(op, "residual", *residual, x, x.sizes(), true);
+
+  at::Tensor y = new_output(x, x.sizes());
+  if (y.numel() == 0) return y;
+  at::Tensor gate = at::empty({n, c}, x.options().dtype(at::kFloat));
+  at::Tensor row_sums = sums ? at::Tensor() : at::empty({n * x.size(2), c}, x.options().dtype(at::kFloat));
+  SeProblem p{};
+  p.dtype = x.scalar_type();
+  p.x = x.const_data_ptr();
+  p.n = n, p.c = c, p.h = x.size(2), p.w = x.size(3);
+  p.x_sn = x.stride(0), p.x_sh = x.stride(2), p.x_sw = x.stride(3);
+  p.sums = sums ? sums32.const_data_ptr<float>() : nullptr;
+  p.w1 = w1f.const_data_ptr<float>(), p.b1 = b1f.const_data_ptr<float>();
+  p.w2 = w2f.const_data_ptr<float>(), p.b2 = b2f.const_data_ptr<float>();
+  p.c_se = c_se;
+  p.residual = residual ? residual->const_data_ptr() : nullptr;
+  if (residual) p.r_sn = residual->stride(0), p.r_sh = residual->stride(2), p.r_sw = residual->stride(3);
+  p.relu = relu;
+  p.y = y.mutable_data_ptr();
+  p.y_sn = y.stride(0), p.y_sh = y.stride(2), p.y_sw = y.stride(3);
+  p.gate = gate.mutable_data_ptr<float>();
+  p.row_sums = sums ? nullptr : row_sums.mutable_data_ptr<float>();
+  selected_kernels().se_gate(p);
+  return y;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(regnet_kernels, CPU, m) {
+  m.impl("conv_bn_act", &conv_bn_act_cpu);
+  m.impl("conv_bn_act_sums", &conv_bn_act_sums_cpu);
+  m.impl("gated_conv1x1", &gated_conv1x1_cpu);
+  m.impl("se_gate", &se_gate_cpu);
+}
+
+}  // namespace cpu
+}  // namespace regnet_kernels

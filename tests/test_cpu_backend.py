@@ -1,0 +1,248 @@
+"""The cpu backend (C++ kernels in csrc/cpu/) against the float64 eager reference.
+
+Every call is forced (backend="cpu") and runs with NaN-poisoned outputs, on fresh random
+inputs, over the shared shapes of tests/kernel_cases.py, channels_last and strided views.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+import regnet_kernels as rk
+from regnet_kernels import dispatch
+from regnet_kernels.backends import native
+from regnet_kernels.testing import poison_outputs
+from tests.kernel_cases import (ConvCase, assert_accurate, grouped_cases, pointwise_cases, random_tensor,
+                                stem_cases)
+
+pytestmark = pytest.mark.skipif(native.EXT is None, reason="regnet_kernels._C is not built")
+OPS = torch.ops.regnet_kernels
+GEN = torch.Generator().manual_seed(int.from_bytes(os.urandom(4), "little"))  # fresh inputs every run
+LOW_PRECISION = (torch.bfloat16, torch.float16)
+# (channels_last, strided view): the layouts the cpu backend serves.
+SERVED_LAYOUTS = ((True, False), (True, True))
+
+
+def to64(t):
+    return None if t is None else t.detach().to(torch.float64)
+
+
+def randn(*shape, dtype=torch.float32):
+    return torch.randn(*shape, generator=GEN).to(dtype)
+
+
+def check_against_reference(op, args, kwargs, dtype, what):
+    """op(backend='cpu') vs op(backend='eager') on float64 copies (and at `dtype` for the bound)."""
+    with poison_outputs():
+        out = op(*args, backend="cpu", **kwargs)
+    ref = op(*[to64(a) for a in args], backend="eager", **{k: to64(v) if isinstance(v, torch.Tensor) else v
+                                                           for k, v in kwargs.items()})
+    eager_same = op(*args, backend="eager", **kwargs) if dtype in LOW_PRECISION else None
+    outs, refs = (out, ref) if isinstance(out, tuple) else ((out,), (ref,))
+    eagers = (eager_same if isinstance(eager_same, tuple) else (eager_same,)) if eager_same is not None else (None,) * 2
+    for i, (o, r) in enumerate(zip(outs, refs)):
+        if o.dim() == 4:
+            # The output keeps x's layout: channels-last in, channels-last out.
+            assert o.stride(1) == 1, f"{what}: output is not channels-last, strides {o.stride()}"
+        assert_accurate(o, r, eagers[i] if i < len(eagers) else None, what=f"{what} output {i}")
+
+
+def conv_inputs(case: ConvCase, dtype, channels_last=True, noncontig=False, bias=True):
+    x = random_tensor((case.n, case.c_in, case.h, case.w), dtype, channels_last, noncontig, GEN)
+    w = randn(case.c_out, case.c_in // case.groups, case.k, case.k, dtype=dtype) * (case.c_in // case.groups * case.k ** 2) ** -0.5
+    b = randn(case.c_out, dtype=dtype) if bias else None
+    return x, w, b
+
+
+def out_hw(case: ConvCase):
+    pad = (case.k - 1) // 2
+    return ((case.h + 2 * pad - case.k) // case.stride + 1, (case.w + 2 * pad - case.k) // case.stride + 1)
+
+
+# Each case gets one epilogue variant, rotating, so every variant meets every kind of shape.
+VARIANTS = ("relu", "residual_relu", "sums_relu", "plain", "residual")
+
+
+def conv_variant_kwargs(case, variant, dtype, channels_last, noncontig):
+    kw = {"stride": case.stride, "groups": case.groups, "relu": "relu" in variant,
+          "channel_sums": variant.startswith("sums")}
+    if "residual" in variant:
+        kw["residual"] = random_tensor((case.n, case.c_out) + out_hw(case), dtype, channels_last, noncontig, GEN)
+    return kw
+
+
+CONV_CASES = grouped_cases() + pointwise_cases() + stem_cases()
+
+
+@pytest.mark.parametrize("layout", SERVED_LAYOUTS, ids=("channels_last", "strided"))
+@pytest.mark.parametrize("case", CONV_CASES, ids=str)
+def test_conv_fp32(case, layout):
+    idx = CONV_CASES.index(case) + SERVED_LAYOUTS.index(layout)
+    variant = VARIANTS[idx % len(VARIANTS)]
+    x, w, b = conv_inputs(case, torch.float32, *layout, bias=idx % 4 != 3)
+    kw = conv_variant_kwargs(case, variant, torch.float32, *layout)
+    check_against_reference(rk.conv_bn_act, (x, w, b), kw, torch.float32, f"{case} {variant}")
+
+
+@pytest.mark.parametrize("dtype", LOW_PRECISION, ids=str)
+@pytest.mark.parametrize("case", grouped_cases(seed=5, per_width=1) + pointwise_cases()[:3], ids=str)
+def test_conv_low_precision(case, dtype):
+    variant = ("residual_relu", "sums_relu")[case.stride - 1]
+    x, w, b = conv_inputs(case, dtype)
+    kw = conv_variant_kwargs(case, variant, dtype, True, False)
+    check_against_reference(rk.conv_bn_act, (x, w, b), kw, dtype, f"{case} {variant} {dtype}")
+
+
+# SE shapes: every zoo width family, C not a multiple of the vector width, 1x1 and odd maps.
+SE_SHAPES = ((1, 48, 7, 7), (2, 104, 13, 13), (2, 13, 8, 8), (1, 440, 1, 1), (3, 208, 15, 15), (2, 232, 7, 9))
+
+
+def se_inputs(shape, dtype, channels_last=True, noncontig=False, from_sums=False, residual=False):
+    n, c = shape[:2]
+    c_se = max(1, c // 4)
+    x = random_tensor(shape, dtype, channels_last, noncontig, GEN)
+    params = (randn(c_se, c, 1, 1) * c ** -0.5, randn(c_se), randn(c, c_se) * c_se ** -0.5, randn(c))
+    kw = {"residual": random_tensor(shape, dtype, channels_last, noncontig, GEN) if residual else None,
+          "relu": residual, "sums": x.float().sum((2, 3)) if from_sums else None}
+    return (x,) + params, kw
+
+
+@pytest.mark.parametrize("layout", SERVED_LAYOUTS, ids=("channels_last", "strided"))
+@pytest.mark.parametrize("from_sums", (False, True), ids=("mean_from_x", "mean_from_sums"))
+@pytest.mark.parametrize("shape", SE_SHAPES, ids=str)
+def test_se_gate_fp32(shape, from_sums, layout):
+    args, kw = se_inputs(shape, torch.float32, *layout, from_sums=from_sums, residual=SE_SHAPES.index(shape) % 2 == 0)
+    check_against_reference(rk.se_gate, args, kw, torch.float32, f"se {shape}")
+
+
+@pytest.mark.parametrize("dtype", LOW_PRECISION, ids=str)
+@pytest.mark.parametrize("shape", SE_SHAPES[:3], ids=str)
+def test_se_gate_low_precision(shape, dtype):
+    args, kw = se_inputs(shape, dtype, residual=True)
+    check_against_reference(rk.se_gate, args, kw, dtype, f"se {shape} {dtype}")
+
+
+GATED_CASES = [c for c in pointwise_cases() if c.stride == 1]
+
+
+@pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16), ids=str)
+@pytest.mark.parametrize("layout", SERVED_LAYOUTS, ids=("channels_last", "strided"))
+@pytest.mark.parametrize("case", GATED_CASES, ids=str)
+def test_gated_conv1x1(case, layout, dtype):
+    x = random_tensor((case.n, case.c_in, case.h, case.w), dtype, *layout, GEN)
+    gate = torch.rand(case.n, case.c_in, generator=GEN)  # fp32, in (0, 1) like a sigmoid
+    w = randn(case.c_out, case.c_in, dtype=dtype) * case.c_in ** -0.5
+    res = random_tensor((case.n, case.c_out, case.h, case.w), dtype, *layout, GEN)
+    check_against_reference(rk.gated_conv1x1, (x, gate, w, randn(case.c_out, dtype=dtype)), {"residual": res},
+                            dtype, f"gated {case}")
+
+
+def test_nchw_is_refused_and_auto_falls_back():
+    case = grouped_cases()[0]
+    x, w, b = conv_inputs(case, torch.float32, channels_last=False)
+    args = dict(x=x, weight=w, bias=b, stride=case.stride, padding=1, groups=case.groups, residual=None, relu=True,
+                channel_sums=False)
+    reasons = dict(dispatch.explain("conv_bn_act", **args))["cpu"]
+    assert any("channels-last" in r for r in reasons), reasons
+    assert dispatch.select("conv_bn_act", "auto", **args)[0] == "eager"
+    with pytest.raises(dispatch.BackendUnavailable, match="channels-last"):
+        rk.conv_bn_act(x, w, b, stride=case.stride, groups=case.groups, backend="cpu")
+    # A channels-last x is served, and auto picks the cpu backend for it.
+    args["x"] = x.to(memory_format=torch.channels_last)
+    assert dispatch.select("conv_bn_act", "auto", **args)[0] == "cpu"
+    se_args, _ = se_inputs((1, 16, 4, 4), torch.float32, channels_last=False)
+    with pytest.raises(dispatch.BackendUnavailable, match="channels-last"):
+        rk.se_gate(*se_args, backend="cpu")
+
+
+def test_float64_is_refused():
+    x, w, b = conv_inputs(ConvCase(1, 8, 8, 5, 5, 3, 1, 1), torch.float64)
+    with pytest.raises(dispatch.BackendUnavailable, match="dtype"):
+        rk.conv_bn_act(x, w, b, backend="cpu")
+
+
+def _cl(*shape, dtype=torch.float32):
+    return randn(*shape, dtype=dtype).to(memory_format=torch.channels_last)
+
+
+BAD_RAW_CALLS = {
+    "x 3-D": lambda: OPS.conv_bn_act(randn(8, 5, 5), randn(8, 8, 3, 3), None, 1, 1, 1, None, True),
+    "x NCHW": lambda: OPS.conv_bn_act(randn(1, 8, 5, 5), randn(8, 8, 3, 3), None, 1, 1, 1, None, True),
+    "x float64": lambda: OPS.conv_bn_act(_cl(1, 8, 5, 5, dtype=torch.float64), randn(8, 8, 3, 3, dtype=torch.float64),
+                                         None, 1, 1, 1, None, True),
+    "weight dtype": lambda: OPS.conv_bn_act(_cl(1, 8, 5, 5), randn(8, 8, 3, 3, dtype=torch.bfloat16), None, 1, 1, 1,
+                                            None, True),
+    "weight channels": lambda: OPS.conv_bn_act(_cl(1, 8, 5, 5), randn(8, 4, 3, 3), None, 1, 1, 1, None, True),
+    "groups": lambda: OPS.conv_bn_act(_cl(1, 8, 5, 5), randn(8, 8, 3, 3), None, 1, 1, 3, None, True),
+    "kernel 5x5": lambda: OPS.conv_bn_act(_cl(1, 8, 5, 5), randn(8, 8, 5, 5), None, 1, 2, 1, None, True),
+    "stride 3": lambda: OPS.conv_bn_act(_cl(1, 8, 5, 5), randn(8, 8, 3, 3), None, 3, 1, 1, None, True),
+    "padding": lambda: OPS.conv_bn_act(_cl(1, 8, 5, 5), randn(8, 8, 3, 3), None, 1, 0, 1, None, True),
+    "bias shape": lambda: OPS.conv_bn_act(_cl(1, 8, 5, 5), randn(8, 8, 3, 3), randn(7), 1, 1, 1, None, True),
+    "residual shape": lambda: OPS.conv_bn_act(_cl(1, 8, 5, 5), randn(8, 8, 3, 3), None, 2, 1, 1, _cl(1, 8, 5, 5), True),
+    "residual NCHW": lambda: OPS.conv_bn_act(_cl(1, 8, 5, 5), randn(8, 8, 3, 3), None, 1, 1, 1, randn(1, 8, 5, 5), True),
+    "sums conv weight": lambda: OPS.conv_bn_act_sums(_cl(1, 8, 5, 5), randn(8, 8), None, 1, 1, 1, True),
+    "se w1 shape": lambda: OPS.se_gate(_cl(1, 8, 4, 4), randn(2, 7), randn(2), randn(8, 2), randn(8), None, False, None),
+    "se sums shape": lambda: OPS.se_gate(_cl(1, 8, 4, 4), randn(2, 8), randn(2), randn(8, 2), randn(8), None, False,
+                                         randn(1, 7)),
+    "se sums dtype": lambda: OPS.se_gate(_cl(1, 8, 4, 4), randn(2, 8), randn(2), randn(8, 2), randn(8), None, False,
+                                         randn(1, 8, dtype=torch.bfloat16)),
+    "gated gate shape": lambda: OPS.gated_conv1x1(_cl(1, 8, 4, 4), randn(1, 7), randn(4, 8), None, None, True),
+    "gated weight shape": lambda: OPS.gated_conv1x1(_cl(1, 8, 4, 4), randn(1, 8), randn(4, 7), None, None, True),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_RAW_CALLS))
+def test_raw_op_rejects_bad_input(name):
+    with pytest.raises((RuntimeError, ValueError), match=r"(must|expected)"):
+        BAD_RAW_CALLS[name]()
+
+
+def test_opcheck():
+    x = _cl(2, 16, 5, 6)
+    w, b = randn(16, 8, 3, 3), randn(16)
+    samples = {
+        "conv_bn_act": (x, w, b, 2, 1, 2, None, True),
+        "conv_bn_act_sums": (x, w, b, 1, 1, 2, True),
+        "se_gate": (x, randn(4, 16), randn(4), randn(16, 4), randn(16), _cl(2, 16, 5, 6), True, None),
+        "gated_conv1x1": (x, torch.rand(2, 16), randn(24, 16), b[:8].repeat(3), None, False),
+    }
+    for name, args in samples.items():
+        torch.library.opcheck(getattr(OPS, name), args)
+
+
+# The AVX2 and portable kernels are separate compilations of the same source; run each on a
+# few shapes (ATen's ATEN_CPU_CAPABILITY override picks the variant at start-up).
+ISA_SCRIPT = textwrap.dedent("""
+    import torch, regnet_kernels as rk
+    from tests.kernel_cases import grouped_cases, pointwise_cases, random_tensor, assert_accurate
+    from regnet_kernels.testing import poison_outputs
+    for case in grouped_cases(seed=7, per_width=1)[::2] + pointwise_cases()[:2]:
+        x = random_tensor((case.n, case.c_in, case.h, case.w))
+        w = torch.randn(case.c_out, case.c_in // case.groups, case.k, case.k) / 8
+        b = torch.randn(case.c_out)
+        with poison_outputs():
+            y, s = rk.conv_bn_act(x, w, b, stride=case.stride, groups=case.groups, channel_sums=True, backend="cpu")
+        ry, rs = rk.conv_bn_act(x.double(), w.double(), b.double(), stride=case.stride, groups=case.groups,
+                                channel_sums=True, backend="eager")
+        assert_accurate(y, ry, what=str(case)); assert_accurate(s, rs, what=str(case))
+    x = random_tensor((2, 104, 7, 7))
+    p = (torch.randn(26, 104) / 10, torch.randn(26), torch.randn(104, 26) / 5, torch.randn(104))
+    with poison_outputs():
+        y = rk.se_gate(x, *p, residual=x, relu=True, backend="cpu")
+    assert_accurate(y, rk.se_gate(x.double(), *[t.double() for t in p], residual=x.double(), relu=True,
+                                  backend="eager"), what="se")
+    print("ok")
+""")
+
+
+@pytest.mark.parametrize("isa", ("avx2", "default"))
+def test_other_isa_variants(isa):
+    env = dict(os.environ, ATEN_CPU_CAPABILITY=isa, PYTHONPATH=os.getcwd())
+    run = subprocess.run([sys.executable, "-c", ISA_SCRIPT], env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0 and "ok" in run.stdout, run.stderr[-3000:]
