@@ -27,8 +27,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def test_kernels_match_float64_reference_under_interpreter():
     env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=os.pathsep.join([REPO, os.environ.get("PYTHONPATH", "")]))
-    res = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/triton_interp_cases.py"],
-                         cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/triton_interp_cases.py"]
+    res = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert res.returncode == 0, f"interpreted triton cases failed:\n{res.stdout[-8000:]}\n{res.stderr[-3000:]}"
     assert " passed" in res.stdout and "no tests ran" not in res.stdout, res.stdout[-2000:]
 
@@ -44,7 +44,8 @@ def conv_args(x=None, **over):
 def se_args(dtype=torch.float32, **over):
     x = random_tensor((2, 16, 5, 5), dtype)
     args = dict(x=x, w1=torch.randn(4, 16, dtype=dtype), b1=torch.randn(4, dtype=dtype),
-                w2=torch.randn(16, 4, dtype=dtype), b2=torch.randn(16, dtype=dtype), residual=None, relu=False, sums=None)
+                w2=torch.randn(16, 4, dtype=dtype), b2=torch.randn(16, dtype=dtype), residual=None, relu=False,
+                sums=None)
     args.update(over)
     return args
 
@@ -63,8 +64,8 @@ def test_cpu_tensors_need_forcing_and_the_interpreter(monkeypatch):
 def test_reasons_for_arguments_the_kernels_do_not_take(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     only = lambda reasons, text: [r for r in reasons if text in r]  # noqa: E731
-    assert only(triton_backend.conv_bn_act_supports(forced=True, **conv_args(random_tensor((2, 16, 7, 7), torch.float64))),
-                "dtype torch.float64")
+    x64 = random_tensor((2, 16, 7, 7), torch.float64)
+    assert only(triton_backend.conv_bn_act_supports(forced=True, **conv_args(x64)), "dtype torch.float64")
     sums64 = torch.zeros(2, 16, dtype=torch.float64)
     assert only(triton_backend.se_gate_supports(forced=True, **se_args(sums=sums64)), "sums must be float32")
     mixed = se_args(torch.float16, w1=torch.randn(4, 16))

@@ -16,6 +16,8 @@ import sys  # noqa: E402
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(__file__))
 
@@ -26,6 +28,7 @@ from regnet_kernels.ops.conv_bn_act import conv_bn_act_eager  # noqa: E402
 from regnet_kernels.ops.gated_conv1x1 import gated_conv1x1_eager  # noqa: E402
 from regnet_kernels.ops.se_gate import se_gate_eager  # noqa: E402
 from regnet_kernels.testing import poison_outputs  # noqa: E402
+from regnet_kernels.triton.interpreter_fixes import to_dtype  # noqa: E402
 from kernel_cases import (  # noqa: E402
     GROUP_WIDTHS, SPATIAL, ConvCase, assert_accurate, iter_layouts, pointwise_cases, random_tensor, stem_cases,
 )
@@ -65,7 +68,8 @@ def run_conv_case(case: ConvCase, dtype, layout, epilogue):
     channels_last, noncontig = layout
     with_res, relu, sums, with_bias = epilogue
     x = random_tensor((case.n, case.c_in, case.h, case.w), dtype, channels_last, noncontig)
-    weight = torch.randn(case.c_out, case.c_in // case.groups, case.k, case.k).to(dtype) / (case.c_in // case.groups * case.k ** 2) ** 0.5
+    fan_in = case.c_in // case.groups * case.k ** 2
+    weight = torch.randn(case.c_out, case.c_in // case.groups, case.k, case.k).to(dtype) / fan_in ** 0.5
     bias = torch.randn(case.c_out).to(dtype) if with_bias else None
     pad = (case.k - 1) // 2
     out_hw = [(s + 2 * pad - case.k) // case.stride + 1 for s in (case.h, case.w)]
@@ -179,3 +183,21 @@ def test_auto_never_picks_interpreted_triton():
     name, _ = dispatch.select("conv_bn_act", None, x=x, weight=torch.randn(16, 8, 3, 3), bias=None, stride=1,
                               padding=1, groups=2, residual=None, relu=True, channel_sums=False)
     assert name in ("cpu", "eager")
+
+
+@triton.jit
+def round_kernel(x_ptr, y_ptr, n, EMULATE: tl.constexpr, BLOCK: tl.constexpr):
+    i = tl.arange(0, BLOCK)
+    v = tl.load(x_ptr + i, mask=i < n)
+    tl.store(y_ptr + i, to_dtype(v, tl.bfloat16, EMULATE), mask=i < n)
+
+
+def test_interpreter_bf16_rounding_workaround_matches_torch():
+    """to_dtype(EMULATE_BF16=True) rounds fp32 to bf16 exactly as torch (and the GPU) do, while the
+    interpreter's own cast truncates: the reason interpreter_fixes exists."""
+    x = torch.randn(4096) * torch.logspace(-20, 20, 4096)
+    want = x.to(torch.bfloat16)
+    for emulate, should_match in ((True, True), (False, False)):
+        y = torch.empty(4096, dtype=torch.bfloat16)
+        round_kernel[(1,)](x, y, x.numel(), EMULATE=emulate, BLOCK=4096)
+        assert torch.equal(y.view(torch.int16), want.view(torch.int16)) == should_match, f"EMULATE={emulate}"

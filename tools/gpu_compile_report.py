@@ -11,7 +11,8 @@ k.metadata.shared the shared memory. Exit status 1 on any spill, any shared memo
 architecture's per-block limit, or any compile error.
 
 If tools/cuda_compile_report.py exists (the nvcc part, owned by the CUDA backend), its
-main([]) -> int (its defaults: the archs the build ships) runs afterwards and its status is combined with this one (--no-cuda skips it).
+main([]) -> int (its defaults: the archs the build ships) runs afterwards and its status is
+combined with this one (--no-cuda skips it).
 """
 
 from __future__ import annotations
@@ -102,8 +103,8 @@ def compile_one(index: int, arch: int) -> Row:
             ptx = os.path.join(tmp, "kernel.ptx")
             with open(ptx, "w") as f:
                 f.write(k.asm["ptx"])
-            res = subprocess.run([ptxas_path(), f"-arch={PTXAS_ARCH[arch]}", "-v", ptx, "-o", os.path.join(tmp, "k.cubin")],
-                                 capture_output=True, text=True)
+            cmd = [ptxas_path(), f"-arch={PTXAS_ARCH[arch]}", "-v", ptx, "-o", os.path.join(tmp, "k.cubin")]
+            res = subprocess.run(cmd, capture_output=True, text=True)
         if res.returncode != 0:
             raise RuntimeError(f"ptxas failed: {res.stderr.strip()[-500:]}")
         row.regs, row.spill_stores, row.spill_loads = parse_ptxas(res.stdout + res.stderr)
@@ -118,8 +119,8 @@ def format_table(rows: List[Row]) -> str:
     body = []
     for r in rows:
         problems = r.problems()
-        body.append((r.kernel, r.config, r.dtype, r.layout, f"sm_{r.arch}", str(r.regs), f"{r.spill_stores}/{r.spill_loads}",
-                     str(r.smem), f"{r.seconds:.1f}", "; ".join(problems) or "ok"))
+        body.append((r.kernel, r.config, r.dtype, r.layout, f"sm_{r.arch}", str(r.regs),
+                     f"{r.spill_stores}/{r.spill_loads}", str(r.smem), f"{r.seconds:.1f}", "; ".join(problems) or "ok"))
     widths = [max(len(str(x)) for x in col) for col in zip(head, *body)]
     fmt = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
     return "\n".join([fmt(head), fmt(["-" * w for w in widths])] + [fmt(b) for b in body])
@@ -149,7 +150,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     cache = tempfile.TemporaryDirectory(prefix="regnet_triton_cache_")
     os.environ["TRITON_CACHE_DIR"] = cache.name
     sys.path.insert(0, REPO)
-    from regnet_kernels.triton.conv_bn_act import interpreting
+    from regnet_kernels.triton.interpreter_fixes import interpreting
 
     if interpreting():
         raise SystemExit("triton was imported under TRITON_INTERPRET=1; run this script in its own process")

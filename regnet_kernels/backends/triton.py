@@ -23,6 +23,7 @@ from ..ops.checks import KERNEL_DTYPES
 try:
     from ..triton import conv_bn_act as conv_mod
     from ..triton import gated_conv1x1 as gated_mod  # noqa: F401  registers the triton_op
+    from ..triton import interpreter_fixes
     from ..triton import se_gate as se_mod  # noqa: F401  registers the triton_op
 
     IMPORT_ERROR: Optional[str] = None
@@ -37,7 +38,7 @@ MIN_CAPABILITY = (8, 0)
 
 def interpreting() -> bool:
     """True when the kernels were built by triton's CPU interpreter (TRITON_INTERPRET=1 at import)."""
-    return IMPORT_ERROR is None and conv_mod.interpreting()
+    return IMPORT_ERROR is None and interpreter_fixes.interpreting()
 
 
 def _max_offset(t: Tensor) -> int:
@@ -56,7 +57,8 @@ def common_reasons(forced: bool, x: Tensor, tensors: List[Optional[Tensor]], sam
         elif os.environ.get("TRITON_INTERPRET") != "1":
             reasons.append("triton: CPU tensors need TRITON_INTERPRET=1 (triton's interpreter)")
         elif not interpreting():
-            reasons.append("triton: TRITON_INTERPRET=1 was set after triton was imported; the kernels are not interpreted")
+            reasons.append("triton: TRITON_INTERPRET=1 was set after triton was imported; "
+                           "the kernels are not interpreted")
     elif x.device.type == "cuda":
         if interpreting():
             reasons.append("triton: kernels are interpreted (TRITON_INTERPRET=1), CUDA tensors cannot run")
@@ -86,6 +88,7 @@ def _out_too_large(n: int, c: int, h: int, w: int) -> bool:
 def conv_bn_act_supports(*, x, weight, bias=None, stride=1, padding=None, groups=1, residual=None, relu=True,
                          channel_sums=False, forced=False, **_) -> List[str]:
     reasons = common_reasons(forced, x, [weight, bias, residual], [weight, bias, residual])
+    padding = (weight.shape[2] - 1) // 2 if padding is None else padding  # the op's default
     if not reasons and _out_too_large(*conv_mod.conv_out_shape(x, weight, stride, padding)):
         reasons.append("triton: the output spans more than 2**31 elements (kernels index with int32)")
     return reasons

@@ -42,9 +42,9 @@ import triton
 import triton.language as tl
 from torch import Tensor
 from torch.library import triton_op, wrap_triton
-from triton.runtime.interpreter import InterpretedFunction
 
 from ..ops.checks import empty_like_layout
+from .interpreter_fixes import emulate_bf16, to_dtype
 
 
 @dataclass(frozen=True)
@@ -101,7 +101,7 @@ def conv_bn_act_kernel(
     ksize, conv_stride, padding,
     cin_per_group, cout_per_group, groups_per_tile, co_blocks_per_group,
     has_bias, has_res, relu, want_sums,
-    GATED: tl.constexpr, UPCAST_DOT: tl.constexpr,
+    GATED: tl.constexpr, EMULATE_BF16: tl.constexpr,
     BLOCK_P: tl.constexpr, BLOCK_CO: tl.constexpr, BLOCK_CI: tl.constexpr,
 ):
     # The kernel size (1 or 3) and the epilogue flags are runtime ints (a loop bound, uniform
@@ -140,11 +140,11 @@ def conv_bn_act_kernel(
                 if GATED:
                     # K4 prologue: scale the loaded tile by the fp32 SE gate, round once to x's dtype.
                     g = tl.load(gate_ptr + n * sgn + ci * sgc, mask=ci_ok, other=0.0)
-                    xt = (xt.to(tl.float32) * g[None, :]).to(xt.dtype)
+                    xt = to_dtype(xt.to(tl.float32) * g[None, :], xt.dtype, EMULATE_BF16)
                 j = ci[:, None] - co_group_ci0[None, :]
                 w_ok = ci_ok[:, None] & co_ok[None, :] & (j >= 0) & (j < cin_per_group)
                 wt = tl.load(w_ptr + co[None, :] * swo + j * swi + kh * swh + kw * sww, mask=w_ok, other=0.0)
-                if UPCAST_DOT:  # interpreter only, see interpreting()
+                if EMULATE_BF16:  # interpreter only, see interpreter_fixes.py
                     acc = tl.dot(xt.to(tl.float32), wt.to(tl.float32), acc, input_precision="ieee")
                 else:
                     acc = tl.dot(xt, wt, acc, input_precision="ieee")
@@ -159,20 +159,10 @@ def conv_bn_act_kernel(
     if relu:
         out = tl.maximum(out, 0.0)
     y_offs = (n * syn + oh * syh + ow * syw)[:, None] + co[None, :] * syc
-    tl.store(y_ptr + y_offs, out.to(y_ptr.dtype.element_ty), mask=tile_ok)
+    tl.store(y_ptr + y_offs, to_dtype(out, y_ptr.dtype.element_ty, EMULATE_BF16), mask=tile_ok)
     if want_sums:
         partial = tl.sum(tl.where(tile_ok, out, 0.0), axis=0)
         tl.atomic_add(sums_ptr + n * C_out + co, partial, mask=co_ok)
-
-
-def interpreting() -> bool:
-    """True when the kernels were built by triton's CPU interpreter (TRITON_INTERPRET=1 at import).
-
-    The interpreter keeps bfloat16 as raw uint16 bits and its tl.dot multiplies the bit patterns
-    (triton-lang/triton#11584, "not supported yet"), so under it bf16 operands are upcast to fp32
-    before tl.dot (UPCAST_DOT; exact, a bf16 product fits in fp32). GPU builds and the compile
-    report use the native bf16 tl.dot; everything else in the kernel is the same code."""
-    return isinstance(conv_bn_act_kernel, InterpretedFunction)
 
 
 def launch_conv(x: Tensor, weight4: Tensor, bias: Optional[Tensor], stride: int, padding: int, groups: int,
@@ -205,7 +195,7 @@ def launch_conv(x: Tensor, weight4: Tensor, bias: Optional[Tensor], stride: int,
         *(gate.stride() if gate is not None else (0, 0)),
         ksize, stride, padding, cin_pg, cout_pg, groups_per_tile, co_blocks_per_group,
         int(bias is not None), int(residual is not None), int(relu), int(sums is not None),
-        GATED=gate is not None, UPCAST_DOT=interpreting() and x.dtype == torch.bfloat16,
+        GATED=gate is not None, EMULATE_BF16=emulate_bf16(x.dtype),
         BLOCK_P=cfg.block_p, BLOCK_CO=cfg.block_co, BLOCK_CI=cfg.block_ci, num_warps=cfg.num_warps,
     )
 
@@ -247,7 +237,7 @@ def compile_variants():
         for gated, cfg in [(False, c) for c in configs] + [(True, gated_config)]:
             label = (f"{'gated ' if gated else ''}{cfg.name} P{cfg.block_p}xCO{cfg.block_co}xCI{cfg.block_ci}"
                      f" w{cfg.num_warps}")
-            consts = dict(GATED=gated, UPCAST_DOT=False, BLOCK_P=cfg.block_p, BLOCK_CO=cfg.block_co,
+            consts = dict(GATED=gated, EMULATE_BF16=False, BLOCK_P=cfg.block_p, BLOCK_CO=cfg.block_co,
                           BLOCK_CI=cfg.block_ci)
             for layout in LAYOUTS:
                 yield make_variant(conv_bn_act_kernel, label, t, layout, cfg.num_warps, pointers, consts,

@@ -24,6 +24,7 @@ from torch import Tensor
 from torch.library import triton_op, wrap_triton
 
 from ..ops.checks import empty_like_layout
+from .interpreter_fixes import emulate_bf16, to_dtype
 
 
 @dataclass(frozen=True)
@@ -91,7 +92,7 @@ def se_fc_kernel(v_ptr, w_ptr, b_ptr, out_ptr, IN, OUT, v_scale, svn, svi, swo, 
 @triton.jit(do_not_specialize=("C", "H", "W", "has_res", "relu"))
 def gate_apply_kernel(x_ptr, gate_ptr, res_ptr, y_ptr, C, H, W,
                       sxn, sxc, sxh, sxw, srn, src, srh, srw, syn, syc, syh, syw,
-                      has_res, relu, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+                      has_res, relu, EMULATE_BF16: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
     """y = act(x * gate[n, c] + residual), fp32 math, one rounding to y's dtype."""
     n, h, w, p_ok, c, c_ok = nhwc_tile(H, W, C, BLOCK_P, BLOCK_C)
     ok = p_ok[:, None] & c_ok[None, :]
@@ -103,8 +104,8 @@ def gate_apply_kernel(x_ptr, gate_ptr, res_ptr, y_ptr, C, H, W,
                        other=0.0).to(tl.float32)
     if relu:
         out = tl.maximum(out, 0.0)
-    tl.store(y_ptr + (n * syn + h * syh + w * syw)[:, None] + c[None, :] * syc, out.to(y_ptr.dtype.element_ty),
-             mask=ok)
+    y = to_dtype(out, y_ptr.dtype.element_ty, EMULATE_BF16)
+    tl.store(y_ptr + (n * syn + h * syh + w * syw)[:, None] + c[None, :] * syc, y, mask=ok)
 
 
 def pixel_grid(x: Tensor):
@@ -135,7 +136,7 @@ def triton_se_gate(x: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor, re
     res = residual if residual is not None else y  # placeholder pointer, unread when has_res=0
     wrap_triton(gate_apply_kernel)[pixel_grid(x)](
         x, gate, res, y, c, h, w, *x.stride(), *res.stride(), *y.stride(),
-        int(residual is not None), int(relu), **tile)
+        int(residual is not None), int(relu), EMULATE_BF16=emulate_bf16(x.dtype), **tile)
     return y
 
 
@@ -159,6 +160,7 @@ def compile_variants():
                                dict(v_ptr="fp32", w_ptr=t, b_ptr=t, out_ptr="fp32"), fc_consts,
                                unit_strides=("svi", "swi"), strides=("svn", "swo"), float_args=("v_scale",))
             yield make_variant(gate_apply_kernel, pixel_label, t, layout, PIXEL_TILE.num_warps,
-                               dict(x_ptr=t, gate_ptr="fp32", res_ptr=t, y_ptr=t), pixel_consts,
+                               dict(x_ptr=t, gate_ptr="fp32", res_ptr=t, y_ptr=t),
+                               dict(pixel_consts, EMULATE_BF16=False),
                                unit_strides=("sxc", "src", "syc"),
                                strides=("sxn", "sxh", "sxw", "srn", "srh", "srw", "syn", "syh", "syw"))
