@@ -33,6 +33,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
 import regnet  # noqa: E402
+from regnet.checkpoint import atomic_write  # noqa: E402
 import regnet_kernels as rk  # noqa: E402
 
 RESULTS_DIR = os.path.join(HERE, "results")
@@ -304,10 +305,7 @@ def write_results(rows: List[Row], tag: str) -> Dict[str, str]:
     payload = {"machine": machine(), "rows": [asdict(r) for r in rows]}
     for path, text in ((paths["json"], json.dumps(payload, indent=1)),
                        (paths["md"], f"Machine: {machine()}\n\n{markdown(rows)}\n")):
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
+        atomic_write(path, lambda f, text=text: f.write(text), binary=False)
     bar_chart(rows, paths["png"])
     return paths
 

@@ -16,3 +16,9 @@ from .zoo import (  # noqa: F401  the 24 zoo constructors
 )
 
 __version__ = "0.1.0"
+
+# The paper's toolkit: design spaces, analysis, training and sweeps.
+from .analysis import bootstrap_good_range, edf, fit_widths, plot_edfs  # noqa: E402
+from .design_space import SPACES, AnyNetSpec, Regime, get_space  # noqa: E402
+from .sweep import load_results, plot_sweeps, run_sweep  # noqa: E402
+from .train import Trainer, TrainingConfig, synthetic_datasets  # noqa: E402

@@ -4,26 +4,25 @@ from __future__ import annotations
 
 import os
 import tempfile
-from typing import Any, Dict, Mapping
+from typing import IO, Any, Callable, Dict, Mapping
 
 import torch
 from torch import nn
 
-__all__ = ["atomic_save", "safe_load", "load_state_dict_strict"]
+__all__ = ["atomic_write", "atomic_save", "safe_load", "load_state_dict_strict"]
 
 
-def atomic_save(obj: Any, path: str | os.PathLike) -> None:
-    """torch.save to a temporary file in the same folder, fsync, then rename over `path`.
-
-    A crash mid-write leaves the previous file at `path` intact.
-    """
+def atomic_write(path: str | os.PathLike, write: Callable[[IO], None], binary: bool = True) -> None:
+    """Call write(file) on a uniquely named temporary file in path's folder, fsync, then rename
+    it over `path`: readers see the old file or the whole new one, and a crash mid-write leaves
+    the previous file intact."""
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=folder)
     try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+        with os.fdopen(fd, "wb" if binary else "w") as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -31,6 +30,11 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def atomic_save(obj: Any, path: str | os.PathLike) -> None:
+    """torch.save written atomically (see atomic_write)."""
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def safe_load(path: str | os.PathLike, map_location: Any = "cpu") -> Any:

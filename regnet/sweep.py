@@ -29,6 +29,7 @@ from typing import Dict, List, Mapping, Optional, Set
 from torch.utils.data import Dataset
 
 from .analysis import plot_edfs
+from .checkpoint import atomic_write
 from .design_space import DesignSpace, Regime, spec_to_dict
 from .train import Trainer, TrainingConfig
 
@@ -41,14 +42,8 @@ _ACTIVE_LOCK = threading.Lock()
 
 
 def _write_json_atomically(path: str, obj) -> None:
-    """Readers see the whole file or none: write a private temporary file, then rename it.
-    (regnet.checkpoint.atomic_save does the same for torch.save.)"""
-    tmp = f"{path}.{socket.gethostname()}.{os.getpid()}.{threading.get_ident()}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Readers see the whole file or none (regnet.checkpoint.atomic_write)."""
+    atomic_write(path, lambda f: json.dump(obj, f, indent=1), binary=False)
 
 
 def _read_json(path: str):
