@@ -59,7 +59,9 @@ struct Tile {
   float* out;              // [P][NV * lanes]
 };
 
-template <int P, int NV>
+// K (the kernel size) is a template parameter so the tap loops unroll: with runtime tap loops
+// GCC kept the accumulators on the stack, storing and reloading all of them for every tap.
+template <int P, int NV, int K>
 void micro_kernel(const Tile& t) {
   constexpr int64_t VW = NV * kLanes;
   Vec acc[P][NV];
@@ -69,8 +71,10 @@ void micro_kernel(const Tile& t) {
   }
   const int64_t pix_step = t.stride * t.c_in;  // between consecutive output pixels in a row
   const float* w = t.w;
-  for (int64_t kh = 0; kh < t.k; ++kh) {
-    for (int64_t kw = 0; kw < t.k; ++kw) {
+#pragma GCC unroll 3
+  for (int kh = 0; kh < K; ++kh) {
+#pragma GCC unroll 3
+    for (int kw = 0; kw < K; ++kw) {
       const float* x = t.rows[kh] + (t.in_col0 + kw) * t.c_in + t.ci0;
       for (int64_t ci = 0; ci < t.cin_g; ++ci, w += VW) {
         Vec wv[NV];
@@ -88,28 +92,33 @@ void micro_kernel(const Tile& t) {
 
 using MicroFn = void (*)(const Tile&);
 
-template <int P, int NV>
+template <int P, int NV, int K>
 constexpr MicroFn micro_entry() {
   if constexpr (P <= max_pixels_for(NV)) {
-    return &micro_kernel<P, NV>;
+    return &micro_kernel<P, NV, K>;
   } else {
     return nullptr;  // would not fit in registers; never chosen (see max_pixels_for)
   }
 }
 
-template <int NV, int... Ps>
+template <int NV, int K, int... Ps>
 constexpr std::array<MicroFn, kMaxPixels + 1> micro_table(std::integer_sequence<int, Ps...>) {
-  return {nullptr, micro_entry<Ps + 1, NV>()...};
+  return {nullptr, micro_entry<Ps + 1, NV, K>()...};
 }
 
-// kMicro[nv][p]: the micro-kernel for p pixels x nv vectors (nullptr where it would spill).
-inline const std::array<std::array<MicroFn, kMaxPixels + 1>, kMaxNv + 1> kMicro = {
-    std::array<MicroFn, kMaxPixels + 1>{},
-    micro_table<1>(std::make_integer_sequence<int, kMaxPixels>{}),
-    micro_table<2>(std::make_integer_sequence<int, kMaxPixels>{}),
-    micro_table<3>(std::make_integer_sequence<int, kMaxPixels>{}),
-    micro_table<4>(std::make_integer_sequence<int, kMaxPixels>{}),
-};
+using MicroTable = std::array<std::array<MicroFn, kMaxPixels + 1>, kMaxNv + 1>;
+
+template <int K>
+constexpr MicroTable micro_tables() {
+  constexpr auto pixels = std::make_integer_sequence<int, kMaxPixels>{};
+  return {std::array<MicroFn, kMaxPixels + 1>{}, micro_table<1, K>(pixels), micro_table<2, K>(pixels),
+          micro_table<3, K>(pixels), micro_table<4, K>(pixels)};
+}
+
+// kMicro1x1/kMicro3x3[nv][p]: the micro-kernel for p pixels x nv vectors (nullptr where it
+// would not fit in registers).
+inline constexpr MicroTable kMicro1x1 = micro_tables<1>();
+inline constexpr MicroTable kMicro3x3 = micro_tables<3>();
 
 // One input row of x (n, ih), widened to fp32 and gated, into dst's columns pad..pad+w-1.
 template <typename scalar_t>
@@ -178,6 +187,7 @@ void conv_typed(const ConvProblem& p) {
   const int64_t px_blocks = (p.w_out + max_px - 1) / max_px;
   const int64_t w_block_stride = p.k * p.k * p.cin_g * vw;
   const int64_t items = p.n * p.h_out;
+  const MicroTable& micro = p.k == 3 ? kMicro3x3 : kMicro1x1;
 
   parallel_for(0, items, 1, [&](int64_t i0, int64_t i1) {
     // Per-thread scratch: k padded rows (the pad columns stay zero), a zero row for taps
@@ -214,7 +224,7 @@ void conv_typed(const ConvProblem& p) {
           for (int64_t pb = 0, ow0 = 0; pb < px_blocks; ++pb) {
             const int64_t np = (p.w_out - ow0 + (px_blocks - pb) - 1) / (px_blocks - pb);
             t.in_col0 = ow0 * p.stride;
-            kMicro[p.nv][np](t);
+            micro[p.nv][np](t);
             for (int64_t q = 0; q < np; ++q) {
               const int64_t ow = ow0 + q;
               for (int64_t c = 0; c < valid; c += kLanes) {

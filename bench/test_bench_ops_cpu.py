@@ -1,0 +1,191 @@
+"""Op-level CPU benchmarks: the cpu backend against eager PyTorch, side by side in one run.
+
+    PYTHONPATH=. python3 -m pytest bench/test_bench_ops_cpu.py -q -p no:cacheprovider \
+        --benchmark-columns=median,iqr,rounds --benchmark-sort=name --benchmark-group-by=param:shape
+
+Rows (2 threads, channels_last, RegNetY-400MF and RegNetX-400MF stage shapes, batch 1 and 16):
+- grouped 3x3 conv + bias + ReLU: `cpu` (this backend), `eager_unfused` (conv -> BN -> ReLU, three
+  ops), `eager_folded` (conv with BN folded into weight/bias, then ReLU), `mkldnn_fused`
+  (oneDNN conv with fused bias + ReLU, what inductor with freezing calls);
+- se_gate with residual + ReLU: `cpu` vs `eager_sequence` (pool, two 1x1 convs, ReLU, sigmoid,
+  mul, add, ReLU);
+- GPU rows (cuda, triton, cudnn_convolution_relu): present, skipped with the reason without a GPU.
+`python3 bench/test_bench_ops_cpu.py` prints the ratios per shape as a markdown table (for NOTES.md).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import regnet_kernels as rk
+from regnet_kernels.backends import native
+
+THREADS = 2
+# (model, stage, channels, input size, stride, group width) of each stage's grouped 3x3 conv, at
+# 224x224 input: the first block of a stage has stride 2, the others stride 1.
+STAGES = [
+    ("Y400", 1, 48, 112, 2, 8), ("Y400", 2, 104, 56, 2, 8), ("Y400", 2, 104, 28, 1, 8),
+    ("Y400", 3, 208, 28, 2, 8), ("Y400", 3, 208, 14, 1, 8), ("Y400", 4, 440, 14, 2, 8), ("Y400", 4, 440, 7, 1, 8),
+    ("X400", 1, 32, 112, 2, 16), ("X400", 2, 64, 56, 2, 16), ("X400", 2, 64, 28, 1, 16),
+    ("X400", 3, 160, 28, 2, 16), ("X400", 3, 160, 14, 1, 16), ("X400", 4, 384, 14, 2, 16), ("X400", 4, 384, 7, 1, 16),
+]
+BATCHES = (1, 16)
+# The SE blocks of RegNetY-400MF: (channels, map size, SE width = round(0.25 * block input width)).
+SE_STAGES = [(48, 56, 8), (104, 28, 12), (208, 14, 26), (440, 7, 52)]
+
+HAVE_EXT = native.EXT is not None
+NO_GPU = "no CUDA GPU on this machine" if not torch.cuda.is_available() else None
+
+
+@pytest.fixture(autouse=True)
+def _threads():
+    old = torch.get_num_threads()
+    torch.set_num_threads(THREADS)
+    yield
+    torch.set_num_threads(old)
+
+
+def conv_inputs(n, c, hw, stride, gw):
+    x = torch.randn(n, c, hw, hw).to(memory_format=torch.channels_last)
+    w = torch.randn(c, gw, 3, 3) / (9 * gw) ** 0.5
+    bn = torch.nn.BatchNorm2d(c).eval()
+    with torch.no_grad():
+        bn.running_mean.normal_()
+        bn.running_var.uniform_(0.5, 2)
+        bn.weight.normal_()
+        bn.bias.normal_()
+    wf, bf = rk.fold_bn_params(w, None, bn.weight, bn.bias, bn.running_mean, bn.running_var, bn.eps, dtype=torch.float32)
+    return x, w, bn, wf.contiguous(), bf
+
+
+def conv_rows(n, c, hw, stride, gw):
+    """name -> zero-argument callable, all computing the same conv + BN + ReLU."""
+    x, w, bn, wf, bf = conv_inputs(n, c, hw, stride, gw)
+    groups = c // gw
+    rows = {
+        "eager_unfused": lambda: torch.relu(bn(F.conv2d(x, w, None, stride, 1, 1, groups))),
+        "eager_folded": lambda: torch.relu(F.conv2d(x, wf, bf, stride, 1, 1, groups)),
+        "mkldnn_fused": lambda: torch.ops.mkldnn._convolution_pointwise(x, wf, bf, [1, 1], [stride, stride], [1, 1],
+                                                                         groups, "relu", [None], ""),
+    }
+    if HAVE_EXT:
+        rows["cpu"] = lambda: rk.conv_bn_act(x, wf, bf, stride=stride, groups=groups, backend="cpu")
+    return rows
+
+
+def se_rows(n, c, hw, c_se):
+    x = torch.randn(n, c, hw, hw).to(memory_format=torch.channels_last)
+    res = torch.randn_like(x)
+    w1, b1 = torch.randn(c_se, c, 1, 1) / c ** 0.5, torch.randn(c_se)
+    w2, b2 = torch.randn(c, c_se, 1, 1) / c_se ** 0.5, torch.randn(c)
+
+    def eager_sequence():
+        s = F.adaptive_avg_pool2d(x, 1)
+        s = torch.sigmoid(F.conv2d(torch.relu(F.conv2d(s, w1, b1)), w2, b2))
+        return torch.relu(x * s + res)
+
+    rows = {"eager_sequence": eager_sequence}
+    if HAVE_EXT:
+        rows["cpu"] = lambda: rk.se_gate(x, w1, b1, w2, b2, residual=res, relu=True, backend="cpu")
+    return rows
+
+
+def _conv_id(s):
+    return f"{s[0]}s{s[1]}_c{s[2]}_{s[3]}px_s{s[4]}_g{s[5]}"
+
+
+CONV_PARAMS = [(n, s) for s in STAGES for n in BATCHES]
+SE_PARAMS = [(n, s) for s in SE_STAGES for n in BATCHES]
+
+
+@pytest.mark.parametrize("impl", ("cpu", "eager_unfused", "eager_folded", "mkldnn_fused"))
+@pytest.mark.parametrize("shape", CONV_PARAMS, ids=[f"n{n}_{_conv_id(s)}" for n, s in CONV_PARAMS])
+def test_grouped_conv(benchmark, shape, impl):
+    n, (_, _, c, hw, stride, gw) = shape
+    rows = conv_rows(n, c, hw, stride, gw)
+    if impl not in rows:
+        pytest.skip("regnet_kernels._C is not built")
+    benchmark(rows[impl])
+
+
+@pytest.mark.parametrize("impl", ("cpu", "eager_sequence"))
+@pytest.mark.parametrize("shape", SE_PARAMS, ids=[f"n{n}_c{c}_{hw}px_se{cs}" for n, (c, hw, cs) in SE_PARAMS])
+def test_se_gate(benchmark, shape, impl):
+    n, (c, hw, c_se) = shape
+    rows = se_rows(n, c, hw, c_se)
+    if impl not in rows:
+        pytest.skip("regnet_kernels._C is not built")
+    benchmark(rows[impl])
+
+
+@pytest.mark.skipif(NO_GPU is not None, reason=NO_GPU or "")
+@pytest.mark.parametrize("impl", ("cuda", "triton", "cudnn_convolution_relu"))
+@pytest.mark.parametrize("shape", CONV_PARAMS, ids=[f"n{n}_{_conv_id(s)}" for n, s in CONV_PARAMS])
+def test_grouped_conv_gpu(benchmark, shape, impl):
+    n, (_, _, c, hw, stride, gw) = shape
+    x, _, _, wf, bf = (t.cuda() if isinstance(t, torch.Tensor) else t for t in conv_inputs(n, c, hw, stride, gw))
+    groups = c // gw
+    if impl == "cudnn_convolution_relu":
+        fn = lambda: torch.cudnn_convolution_relu(x, wf, bf, [stride] * 2, [1, 1], [1, 1], groups)  # noqa: E731
+    else:
+        fn = lambda: rk.conv_bn_act(x, wf, bf, stride=stride, groups=groups, backend=impl)  # noqa: E731
+
+    def synced():
+        fn()
+        torch.cuda.synchronize()
+
+    benchmark(synced)
+
+
+# ---- `python3 bench/test_bench_ops_cpu.py`: the ratio table, all rows timed in one process ----
+
+def best_ms(rows, min_time=0.3, repeats=9):
+    """Per row, the best over `repeats` rounds of the mean time of a batch of calls. The rows are
+    interleaved round by round, so a burst of load from other processes on this shared 2-core
+    machine hits all of them alike; the best round is the least disturbed one."""
+    iters = {}
+    for name, fn in rows.items():
+        fn()
+        t0 = time.perf_counter()
+        fn()
+        iters[name] = max(1, int(min_time / repeats / max(time.perf_counter() - t0, 1e-6)))
+    best = {name: float("inf") for name in rows}
+    for _ in range(repeats):
+        for name, fn in rows.items():
+            t0 = time.perf_counter()
+            for _ in range(iters[name]):
+                fn()
+            best[name] = min(best[name], (time.perf_counter() - t0) / iters[name] * 1e3)
+    return best
+
+
+def main():
+    torch.set_num_threads(THREADS)
+    print(f"torch {torch.__version__}, {THREADS} threads, fp32, channels_last; best-of-rounds ms, rows interleaved (ratio = eager / cpu)\n")
+    print("| shape | batch | cpu | eager unfused | eager folded | mkldnn fused | unfused/cpu | folded/cpu | mkldnn/cpu |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for s in STAGES:
+        for n in BATCHES:
+            rows = conv_rows(n, *s[2:])
+            ms = best_ms(rows)
+            print(f"| {_conv_id(s)} | {n} | {ms['cpu']:.3f} | {ms['eager_unfused']:.3f} | {ms['eager_folded']:.3f} | "
+                  f"{ms['mkldnn_fused']:.3f} | {ms['eager_unfused'] / ms['cpu']:.2f}x | "
+                  f"{ms['eager_folded'] / ms['cpu']:.2f}x | {ms['mkldnn_fused'] / ms['cpu']:.2f}x |")
+            sys.stdout.flush()
+    print("\n| se_gate shape | batch | cpu | eager sequence | eager/cpu |")
+    print("|---|---|---|---|---|")
+    for c, hw, c_se in SE_STAGES:
+        for n in BATCHES:
+            ms = best_ms(se_rows(n, c, hw, c_se))
+            print(f"| c{c}_{hw}px_se{c_se} | {n} | {ms['cpu']:.3f} | {ms['eager_sequence']:.3f} | "
+                  f"{ms['eager_sequence'] / ms['cpu']:.2f}x |")
+            sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
