@@ -201,3 +201,38 @@ def test_interpreter_bf16_rounding_workaround_matches_torch():
         y = torch.empty(4096, dtype=torch.bfloat16)
         round_kernel[(1,)](x, y, x.numel(), EMULATE=emulate, BLOCK=4096)
         assert torch.equal(y.view(torch.int16), want.view(torch.int16)) == should_match, f"EMULATE={emulate}"
+
+
+def test_torch_compile_runs_interpreted_ops_behind_a_graph_break():
+    """Under the interpreter the backend hides its ops from torch.compile (they cannot run on
+    FakeTensors), so a compiled function still gets the kernels' results, through a graph break."""
+    x = random_tensor((1, 16, 7, 7), torch.float32)
+    weight, gate, w_proj = torch.randn(16, 8, 3, 3), torch.rand(1, 16), torch.randn(8, 16)
+
+    def block(x):
+        y = rk.conv_bn_act(x, weight, groups=2, backend="triton") * 0.5
+        return rk.gated_conv1x1(y, gate, w_proj, backend="triton") + 1
+
+    torch._dynamo.reset()
+    got = torch.compile(block, backend="aot_eager")(x)
+    y = conv_bn_act_eager(x.double(), weight.double(), None, 1, 1, 2, None, True, False) * 0.5
+    want = gated_conv1x1_eager(y, gate.double(), w_proj.double(), None, None, True) + 1
+    assert_accurate(got, want, what="torch.compile over interpreted triton ops")
+
+
+@pytest.mark.parametrize("op,args", [
+    ("triton_conv_bn_act", lambda: (random_tensor((1, 16, 5, 5)), torch.randn(16, 8, 3, 3), torch.randn(16), 2, 1, 2,
+                                    None, True)),
+    ("triton_conv_bn_act_sums", lambda: (random_tensor((1, 16, 5, 5)), torch.randn(16, 16, 1, 1), None, 1, 0, 1,
+                                         random_tensor((1, 16, 5, 5)), False)),
+    ("triton_se_gate", lambda: (random_tensor((1, 16, 5, 5)), torch.randn(4, 16), torch.randn(4), torch.randn(16, 4),
+                                torch.randn(16), None, True, None)),
+    ("triton_gated_conv1x1", lambda: (random_tensor((1, 16, 5, 5)), torch.rand(1, 16), torch.randn(8, 16), None, None,
+                                      True)),
+], ids=lambda v: v if isinstance(v, str) else "")
+def test_opcheck_schema_and_autograd_registration(op, args):
+    """torch.library.opcheck's checks that can run here. test_faketensor and the aot_dispatch
+    checks run the op on FakeTensors, which the interpreter cannot (see backends/triton.py); the
+    fake path is covered by test_triton_backend's compile capture outside the interpreter."""
+    torch.library.opcheck(getattr(torch.ops.regnet_kernels, op).default, args(),
+                          test_utils=("test_schema", "test_autograd_registration"))

@@ -4,9 +4,11 @@ The kernels (regnet_kernels/triton/) run on CUDA tensors, and on CPU tensors onl
 backend is forced and TRITON_INTERPRET=1 was set before triton was imported (the tests).
 Every call goes through a torch.library.triton_op (torch.ops.regnet_kernels.triton_*), so
 torch.compile(fullgraph=True) traces the kernels instead of breaking the graph. Under the
-interpreter the ops still run eagerly on CPU tensors, but torch.compile cannot trace them there:
-wrap_triton hands back the raw InterpretedFunction, which cannot run on FakeTensors. The tests
-therefore check compile tracing without the interpreter (graph capture only, no launch).
+interpreter the ops run eagerly on CPU tensors as usual, but torch.compile cannot trace them:
+wrap_triton hands back the raw InterpretedFunction, which cannot run on FakeTensors. There the
+op is called through torch.compiler.disable instead, so torch.compile breaks the graph around it
+and runs it eagerly (fullgraph=True is impossible under the interpreter). The tests check
+compile tracing without the interpreter (graph capture only, no launch).
 """
 
 from __future__ import annotations
@@ -94,9 +96,14 @@ def conv_bn_act_supports(*, x, weight, bias=None, stride=1, padding=None, groups
     return reasons
 
 
+def triton_op(name: str):
+    """torch.ops.regnet_kernels.<name>; under the interpreter, hidden from torch.compile (see top)."""
+    op = getattr(torch.ops.regnet_kernels, name)
+    return torch.compiler.disable(op) if interpreting() else op
+
+
 def conv_bn_act_run(x, weight, bias, stride, padding, groups, residual, relu, channel_sums):
-    ops = torch.ops.regnet_kernels
-    op = ops.triton_conv_bn_act_sums if channel_sums else ops.triton_conv_bn_act
+    op = triton_op("triton_conv_bn_act_sums" if channel_sums else "triton_conv_bn_act")
     return op(x, weight, bias, stride, padding, groups, residual, relu)
 
 
@@ -108,7 +115,7 @@ def se_gate_supports(*, x, w1, b1, w2, b2, residual=None, relu=False, sums=None,
 
 
 def se_gate_run(x, w1, b1, w2, b2, residual, relu, sums):
-    return torch.ops.regnet_kernels.triton_se_gate(x, w1, b1, w2, b2, residual, relu, sums)
+    return triton_op("triton_se_gate")(x, w1, b1, w2, b2, residual, relu, sums)
 
 
 def gated_conv1x1_supports(*, x, gate, weight, bias=None, residual=None, relu=True, forced=False, **_) -> List[str]:
@@ -120,7 +127,7 @@ def gated_conv1x1_supports(*, x, gate, weight, bias=None, residual=None, relu=Tr
 
 
 def gated_conv1x1_run(x, gate, weight, bias, residual, relu):
-    return torch.ops.regnet_kernels.triton_gated_conv1x1(x, gate, weight, bias, residual, relu)
+    return triton_op("triton_gated_conv1x1")(x, gate, weight, bias, residual, relu)
 
 
 dispatch.register("conv_bn_act", "triton", conv_bn_act_supports, conv_bn_act_run)
