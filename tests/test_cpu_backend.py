@@ -90,6 +90,17 @@ def test_conv_fp32(case, layout):
     check_against_reference(rk.conv_bn_act, (x, w, b), kw, torch.float32, f"{case} {variant}")
 
 
+@pytest.mark.parametrize("case", [c for c in grouped_cases(seed=3) if c.c_in // c.groups == 8], ids=str)
+def test_native_conv_group_width_8(case):
+    """The cpu backend hands fp32 group-width-8 convs without residual/sums to oneDNN (see
+    backends/cpu.py); the native kernel must still be right for them when called directly."""
+    x, w, b = conv_inputs(case, torch.float32)
+    with poison_outputs():
+        y = OPS.conv_bn_act(x, w, b, case.stride, 1, case.groups, None, True)
+    ref = rk.conv_bn_act(to64(x), to64(w), to64(b), stride=case.stride, groups=case.groups, backend="eager")
+    assert_accurate(y, ref, what=str(case))
+
+
 @pytest.mark.parametrize("dtype", LOW_PRECISION, ids=str)
 @pytest.mark.parametrize("case", grouped_cases(seed=5, per_width=1) + pointwise_cases()[:3], ids=str)
 def test_conv_low_precision(case, dtype):

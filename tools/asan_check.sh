@@ -15,8 +15,9 @@ if [[ "${KEEP:-0}" != 1 ]]; then trap 'rm -rf "$SCRATCH"' EXIT; fi
 echo "asan_check: scratch copy in $SCRATCH"
 
 # Sources only: no .git, no build outputs (a stale non-ASan _C*.so must not be imported).
-rsync -a --exclude .git --exclude build --exclude '*.so' --exclude '*.egg-info' --exclude __pycache__ \
-  "$REPO/" "$SCRATCH/src/"
+mkdir -p "$SCRATCH/src"
+tar -C "$REPO" --exclude=.git --exclude=./build --exclude='*.so' --exclude='*.egg-info' --exclude=__pycache__ \
+  --exclude=./bench/results -cf - . | tar -C "$SCRATCH/src" -xf -
 cd "$SCRATCH/src"
 
 start=$(date +%s)

@@ -49,7 +49,27 @@ def conv_supports(*, x, weight, bias=None, stride=1, padding=None, groups=1, res
     return reasons
 
 
+# A measured per-shape choice (bench/NOTES.md): with 16-lane AVX-512 vectors our micro-kernel
+# fills only half of each vector for group width 8 (RegNetY-400MF's), and oneDNN's fused conv +
+# bias + ReLU was ~1.3-1.8x faster there at batch 16. It serves exactly that case: fp32,
+# grouped 3x3, group width 8, no residual, no channel sums (those epilogues are ours alone).
+# Every other shape (group width >= 16, 1x1, the stem, bf16/fp16, K2 sums) runs our kernel.
+ONEDNN_GROUP_WIDTHS = (8,)
+
+
+def _use_onednn(x, weight, groups, residual, channel_sums) -> bool:
+    return (x.dtype == torch.float32 and groups > 1 and weight.shape[-1] == 3 and residual is None
+            and not channel_sums and weight.shape[1] in ONEDNN_GROUP_WIDTHS and weight.shape[0] // groups in
+            ONEDNN_GROUP_WIDTHS and _AVX512 and hasattr(torch.ops.mkldnn, "_convolution_pointwise"))
+
+
+_AVX512 = torch.backends.cpu.get_cpu_capability() == "AVX512"
+
+
 def conv_run(x, weight, bias, stride, padding, groups, residual, relu, channel_sums):
+    if _use_onednn(x, weight, groups, residual, channel_sums):
+        return torch.ops.mkldnn._convolution_pointwise(x, weight, bias, [padding] * 2, [stride] * 2, [1, 1], groups,
+                                                       "relu" if relu else "none", [None], "")
     if channel_sums:
         return native_op("conv_bn_act_sums")(x, weight, bias, stride, padding, groups, relu)
     return native_op("conv_bn_act")(x, weight, bias, stride, padding, groups, residual, relu)
