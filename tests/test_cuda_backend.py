@@ -125,13 +125,20 @@ def test_supports_refuses_shapes_and_layouts_it_does_not_implement():
 
 
 @pytest.mark.skipif(not BUILT_WITH_CUDA, reason="extension built without CUDA")
-def test_native_op_rejects_cpu_tensors_with_a_clear_error():
-    # A CUDA-only op gets CPU tensors: the dispatcher picks no CUDA kernel, or ours says why.
+@pytest.mark.parametrize("op", NATIVE_OPS)
+def test_cuda_kernels_reject_cpu_tensors_with_a_clear_error(op):
+    # Call our CUDA kernel itself (not whatever the CPU key holds) with CPU tensors: its first check
+    # must stop it before anything touches device memory.
     from regnet_kernels.backends.native import native_op
 
     a = _conv_args()
-    with pytest.raises((RuntimeError, NotImplementedError)):
-        native_op("conv_bn_act_sums")(a["x"], a["weight"], a["bias"], 1, 1, 2, True)
+    args = {"conv_bn_act": (a["x"], a["weight"], a["bias"], 1, 1, 2, None, True),
+            "conv_bn_act_sums": (a["x"], a["weight"], a["bias"], 1, 1, 2, True),
+            "se_gate": (a["x"], torch.randn(4, 16), torch.randn(4), torch.randn(16, 4), torch.randn(16), None, True,
+                        None)}[op]
+    cuda_only = torch._C.DispatchKeySet(torch._C.DispatchKey.CUDA)
+    with pytest.raises(RuntimeError, match=rf"{op} \(CUDA\): x must be a CUDA tensor"):
+        native_op(op).default.redispatch(cuda_only, *args)
 
 
 # (d) CPU twin of the shared math -------------------------------------------------------------------

@@ -24,6 +24,11 @@ from typing import Dict, List, Optional, Sequence
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Static shared memory a kernel may use without opting in (cudaFuncSetAttribute), per block.
 SMEM_LIMIT = 48 * 1024
+# ptxas counts static shared memory only; what the kernels take dynamically, and its bound.
+DYNAMIC_SMEM_NOTES = (
+    "se_excite_kernel also takes (C + C_se) * 4 bytes of dynamic shared memory, at most 48 KiB "
+    "(kSeExciteMaxFloats in csrc/cuda/launch.h, checked before launch).",
+)
 
 _ENTRY = re.compile(r"Compiling entry function '([^']+)' for '(sm_\d+a?)'")
 _SPILLS = re.compile(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads")
@@ -169,6 +174,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     rows = cuda_report(args.sources or None, args.arch)
     print(format_table(rows))
+    for note in DYNAMIC_SMEM_NOTES:
+        print("note:", note)
     bad = problems(rows)
     if not rows:
         bad.append("no kernels found")

@@ -1,7 +1,7 @@
 // Grouped 3x3 conv (BN folded) + bias [+ residual] [+ ReLU] on channels-last (NHWC) tensors, and
 // K2: the same conv that also accumulates the fp32 per-(n, c) sums of its output for SE.
 // Serves conv_bn_act / conv_bn_act_sums for 3x3 kernels, padding 1, stride 1 or 2, any groups
-// (RegNet group widths 8..232); the host wrapper (grouped_conv3x3_op.cpp) refuses
+// (RegNet group widths 8..232); the host wrapper (ops_cuda.cpp) refuses
 // other kernel sizes with a TORCH_CHECK.
 //
 // Bytes (why this shape). One output element needs 9 * C_in/groups inputs and as many weights.

@@ -1,4 +1,4 @@
-// The plain C++ interface between the host wrappers (*_op.cpp: argument checks, allocation,
+// The plain C++ interface between the host wrappers (ops_cuda.cpp: argument checks, allocation,
 // registration; compiled by the host compiler against ATen) and the kernels (*.cu: compiled by
 // nvcc against this header and csrc/shared/ only). Keeping ATen out of the .cu files makes
 // nvcc's per-arch device passes cheap, which matters because every build of the extension
