@@ -23,7 +23,7 @@ from .native import NAMESPACE, native_op
 SE_MAX_FLOATS = 48 * 1024 // 4
 
 
-def _build_reasons(op: str) -> List[str]:
+def _build_reasons_now(op: str) -> List[str]:
     """Why the extension cannot run `op` on a GPU at all (independent of the arguments)."""
     if _ext.load() is None:
         return [f"cuda: regnet_kernels._C is not built ({_ext.error()})"]
@@ -34,6 +34,15 @@ def _build_reasons(op: str) -> List[str]:
     if not torch.cuda.is_available():
         return ["cuda: no CUDA GPU is available (torch.cuda.is_available() is False)"]
     return []
+
+
+# Fixed for the process, so computed once: supports() runs inside torch.compile'd code, where dynamo
+# cannot trace the dispatcher query (a torch.* call returning a bool) under fullgraph=True.
+_BUILD_REASONS = {op: _build_reasons_now(op) for op in ("conv_bn_act", "conv_bn_act_sums", "se_gate")}
+
+
+def _build_reasons(op: str) -> List[str]:
+    return list(_BUILD_REASONS[op])
 
 
 def _channel_stride_one(t: torch.Tensor) -> bool:
