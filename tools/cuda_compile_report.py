@@ -60,6 +60,7 @@ def nvcc_base_flags() -> List[str]:
     from torch.utils import cpp_extension
 
     setup = _setup_module()
+    cpp_extension.CUDA_HOME = setup._cuda_home() or cpp_extension.CUDA_HOME  # as the build does
     flags = [f for f in setup._nvcc_flags() if not f.startswith("-gencode")]
     flags += list(cpp_extension.COMMON_NVCC_FLAGS)
     flags += ["-DREGNET_WITH_CUDA=1", "-DTORCH_EXTENSION_NAME=_C", "-DTORCH_API_INCLUDE_EXTENSION_H",
