@@ -5,7 +5,7 @@ Ops: conv_bn_act (with optional channel sums, K2), se_excite (K3), se_gate, gate
 regnet_kernels.dispatch; `python -m regnet_kernels.info` shows what is built and picked.
 """
 
-from .dispatch import AUTO_ORDER, BACKENDS, BackendUnavailable, explain
+from .dispatch import AUTO_ORDER, BACKENDS, BackendUnavailable, explain, load_backends
 from .ops.conv_bn_act import conv_bn_act
 from .ops.fold_bn import fold_bn, fold_bn_params
 from .ops.gated_conv1x1 import gated_conv1x1
@@ -20,3 +20,7 @@ from .modules import FusedRegNet, FusedXBlock, FusedYBlock  # noqa: E402
 from .optimize import optimize  # noqa: E402
 
 __all__ += ["FusedRegNet", "FusedXBlock", "FusedYBlock", "optimize"]
+
+# Backends register at import, not on the first op call, so torch.compile never traces the
+# registration (it would break a fullgraph capture).
+load_backends()

@@ -21,7 +21,7 @@ import os
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Tuple
 
-__all__ = ["AUTO_ORDER", "BACKENDS", "register", "select", "explain", "BackendUnavailable", "forced_backend"]
+__all__ = ["AUTO_ORDER", "BACKENDS", "register", "load_backends", "select", "explain", "BackendUnavailable", "forced_backend"]
 
 AUTO_ORDER = ("cuda", "triton", "cpu", "eager")
 BACKENDS = AUTO_ORDER
@@ -48,7 +48,7 @@ def register(op: str, backend: str, supports: Callable[..., List[str]], run: Cal
     _REGISTRY.setdefault(op, {})[backend] = _Impl(supports, run)
 
 
-def _load_backends() -> None:
+def load_backends() -> None:
     """Import the backend modules once; each registers what it implements."""
     global _loaded_backends
     if _loaded_backends:
@@ -72,7 +72,7 @@ def forced_backend(backend: Optional[str]) -> Optional[str]:
 
 def explain(op: str, **args) -> List[Tuple[str, List[str]]]:
     """(backend, reasons) for every backend in AUTO_ORDER; empty reasons = can serve."""
-    _load_backends()
+    load_backends()
     impls = _REGISTRY.get(op, {})
     out = []
     for name in AUTO_ORDER:
@@ -83,7 +83,7 @@ def explain(op: str, **args) -> List[Tuple[str, List[str]]]:
 
 def select(op: str, backend: Optional[str] = None, **args) -> Tuple[str, Callable]:
     """(backend name, implementation) for these arguments; see the module docstring."""
-    _load_backends()
+    load_backends()
     impls = _REGISTRY.get(op, {})
     forced = forced_backend(backend)
     if forced is not None:

@@ -34,12 +34,21 @@ TRAINING_ERROR = (
 )
 
 
+TRACE_ERROR = (
+    "torch.jit.trace cannot capture an optimized RegNet: its kernels are torch.library custom ops "
+    "chosen per call by the dispatcher. Use torch.compile(model, fullgraph=True) or torch.export.export, "
+    "or trace the original (unoptimized) model."
+)
+
+
 class _InferenceModule(nn.Module):
     backend: Optional[str] = None
 
     def _check_eval(self) -> None:
         if self.training:
             raise RuntimeError(TRAINING_ERROR.format(name=type(self).__name__))
+        if torch.jit.is_tracing():
+            raise RuntimeError(TRACE_ERROR)
 
 
 class FusedConv(nn.Module):

@@ -2,7 +2,6 @@
 untouched, inference-only with a clear error otherwise, torch.compile-able, bad input rejected."""
 
 import copy
-import warnings
 
 import pytest
 import torch
@@ -108,11 +107,16 @@ def test_torch_compile_fullgraph():
         torch.testing.assert_close(compiled(x), model(x), rtol=1e-4, atol=1e-4)
 
 
-def test_jit_trace_works_or_fails_clearly():
+def test_jit_trace_fails_with_a_clear_message():
     fused = rk.optimize(_randomize_bn(regnet.create_model("regnetx_002")))
-    x = torch.randn(1, 3, 32, 32)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        traced = torch.jit.trace(fused, x, check_trace=False)
+    with pytest.raises(RuntimeError, match="torch.jit.trace cannot capture an optimized RegNet.*torch.compile"):
+        torch.jit.trace(fused, torch.randn(1, 3, 32, 32))
+
+
+def test_torch_export():
+    model = _randomize_bn(regnet.create_model("regnety_002"))
+    fused = rk.optimize(model)
+    x = torch.randn(2, 3, 32, 32)
+    exported = torch.export.export(fused, (x,))
     with torch.no_grad():
-        torch.testing.assert_close(traced(x), fused(x))
+        torch.testing.assert_close(exported.module()(x), model(x), rtol=1e-4, atol=1e-4)
