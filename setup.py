@@ -4,7 +4,7 @@
 - CUDA sources: csrc/cuda/**/*.cu (kernels, for sm_80 and sm_90) and csrc/cuda/**/*.cpp (their
   host wrappers), when torch is a CUDA build and nvcc is found. REGNET_KERNELS_CUDA=1 forces
   them (and fails loudly without nvcc), =0 skips them.
-- No -march=native: the CPU kernels select AVX2/AVX-512 at run time (see csrc/cpu/README.md).
+- -fopenmp so at::parallel_for threads our loops; no -march=native: the CPU kernels select AVX2/AVX-512 at run time (see csrc/cpu/README.md).
 - REGNET_KERNELS_ASAN=1 builds with AddressSanitizer (used by tools/asan_check.sh).
 """
 
@@ -79,8 +79,9 @@ def extensions():
     cpp = _rel(glob.glob(os.path.join(HERE, "csrc", "*.cpp")) + glob.glob(os.path.join(HERE, "csrc", "cpu", "**", "*.cpp"), recursive=True))
     cu = _rel(glob.glob(os.path.join(HERE, "csrc", "cuda", "**", "*.cu"), recursive=True))
     with_cuda = _cuda_wanted(torch) and bool(cu)
-    cxx = ["-O3", "-std=c++20", "-fvisibility=hidden"]
-    ldflags = []
+    # -fopenmp: at::parallel_for expands to OpenMP pragmas in our objects (csrc/cpu/parallel.h).
+    cxx = ["-O3", "-std=c++20", "-fvisibility=hidden", "-fopenmp"]
+    ldflags = ["-fopenmp"]
     if os.environ.get("REGNET_KERNELS_ASAN") == "1":
         cxx += ["-fsanitize=address", "-fno-omit-frame-pointer", "-O1", "-g"]
         ldflags += ["-fsanitize=address"]

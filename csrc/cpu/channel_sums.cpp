@@ -7,6 +7,7 @@
 #include <torch/library.h>
 
 #include "common.h"
+#include "cpu/parallel.h"
 #include "cpu/vec_utils.h"
 
 namespace regnet_kernels {
@@ -22,7 +23,7 @@ void channel_sums_kernel(const at::Tensor& x, at::Tensor& out) {
   const int64_t sN = x.stride(0), sH = x.stride(2), sW = x.stride(3);
   const scalar_t* xp = x.const_data_ptr<scalar_t>();
   float* op = out.mutable_data_ptr<float>();
-  at::parallel_for(0, N, 1, [&](int64_t n0, int64_t n1) {
+  cpu::parallel_for(0, N, 1, [&](int64_t n0, int64_t n1) {
     for (int64_t n = n0; n < n1; ++n) {
       float* acc = op + n * C;
       std::fill(acc, acc + C, 0.f);
