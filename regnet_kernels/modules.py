@@ -20,9 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .ops.conv_bn_act import conv_bn_act
+from .ops import conv_bn_act as conv_op
+from .ops import gated_conv1x1 as gated_op
 from .ops.fold_bn import fold_bn
-from .ops.gated_conv1x1 import gated_conv1x1
 from .ops.se_gate import se_excite
 
 __all__ = ["FusedConv", "FusedXBlock", "FusedYBlock", "FusedStem", "FusedHead", "FusedRegNet", "TRAINING_ERROR"]
@@ -51,6 +51,30 @@ class _InferenceModule(nn.Module):
             raise RuntimeError(TRACE_ERROR)
 
 
+def _signature(*tensors, flags=()):
+    """What the argument checks and the backend choice depend on."""
+    return tuple((t.shape, t.stride(), t.dtype, t.device) if t is not None else None for t in tensors) + tuple(flags)
+
+
+class _ResolvedOps:
+    """Argument checks and backend selection cost ~50 us of Python per op call, as much as a small
+    kernel at batch 1. A fused module runs the same shapes again and again, so it resolves once
+    per input signature and then calls the chosen implementation directly. (Under torch.compile
+    the full path is traced instead: the cache is a Python side effect.) The choice therefore
+    follows $REGNET_KERNELS_BACKEND as it was at the first call with that signature."""
+
+    def __init__(self):
+        self.cache = {}
+
+    def get(self, key, resolve):
+        if torch.compiler.is_compiling():
+            return resolve()
+        hit = self.cache.get(key)
+        if hit is None:
+            hit = self.cache[key] = resolve()
+        return hit
+
+
 class FusedConv(nn.Module):
     """Folded (weight, bias) of a conv + eval BN, with its stride and groups."""
 
@@ -60,11 +84,23 @@ class FusedConv(nn.Module):
         self.register_buffer("weight", w)
         self.register_buffer("bias", b)
         self.stride, self.groups = conv.stride[0], conv.groups
+        self.resolved = _ResolvedOps()
 
     def forward(self, x: Tensor, residual: Optional[Tensor] = None, relu: bool = True, channel_sums: bool = False,
                 backend: Optional[str] = None):
-        return conv_bn_act(x, self.weight, self.bias, stride=self.stride, groups=self.groups, residual=residual,
-                           relu=relu, channel_sums=channel_sums, backend=backend)
+        w, b = self.weight, self.bias
+        padding, run = self.resolved.get(
+            _signature(x, residual, w, flags=(relu, channel_sums, backend)),
+            lambda: conv_op.resolve(x, w, b, self.stride, None, self.groups, residual, relu, channel_sums, backend))
+        return run(x, w, b, self.stride, padding, self.groups, residual, relu, channel_sums)
+
+    def gated(self, x: Tensor, gate: Tensor, residual: Optional[Tensor], backend: Optional[str] = None) -> Tensor:
+        """K4: this 1x1 conv of x * gate[n, c], + bias + residual, ReLU."""
+        w, b = self.weight, self.bias
+        w2d, run = self.resolved.get(
+            _signature(x, gate, residual, w, flags=("gated", backend)),
+            lambda: gated_op.resolve(x, gate, w, b, residual, True, backend))
+        return run(x, gate, w2d, b, residual, True)
 
 
 class FusedXBlock(_InferenceModule):
@@ -106,8 +142,7 @@ class FusedYBlock(FusedXBlock):
         a = self.a(x, backend=self.backend)
         b, sums = self.b(a, channel_sums=True, backend=self.backend)
         gate = se_excite(sums, b.shape[2] * b.shape[3], self.se_w1, self.se_b1, self.se_w2, self.se_b2)
-        return gated_conv1x1(b, gate, self.c.weight, self.c.bias, residual=self.shortcut(x), relu=True,
-                             backend=self.backend)
+        return self.c.gated(b, gate, self.shortcut(x), backend=self.backend)
 
 
 class FusedStem(_InferenceModule):

@@ -257,3 +257,23 @@ def test_other_isa_variants(isa):
     env = dict(os.environ, ATEN_CPU_CAPABILITY=isa, PYTHONPATH=os.getcwd())
     run = subprocess.run([sys.executable, "-c", ISA_SCRIPT], env=env, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0 and "ok" in run.stdout, run.stderr[-3000:]
+
+
+@pytest.mark.parametrize("c_in,c_out,stride,hw", [(48, 104, 2, 13), (208, 208, 1, 7), (40, 24, 1, 8)])
+def test_onednn_1x1_route_at_batch_4(c_in, c_out, stride, hw):
+    """At batch >= 4 fp32 1x1 convs (plain, + residual, gated) go through oneDNN (a measured
+    choice, bench/NOTES.md): same accuracy bar, channels-last kept, strided views stay ours."""
+    case = ConvCase(4, c_in, c_out, hw, hw, 1, stride, 1)
+    x, w, b = conv_inputs(case, torch.float32)
+    res = random_tensor((4, c_out) + out_hw(case), torch.float32, True, False, GEN)
+    from regnet_kernels.backends import cpu as cpu_backend
+
+    if torch.backends.cpu.get_cpu_capability() == "AVX512":
+        assert cpu_backend._use_onednn_1x1(x, w, 1, False), "the oneDNN route is not taken: this test tests nothing"
+    check_against_reference(rk.conv_bn_act, (x, w, b), {"stride": stride}, torch.float32, f"1x1 {case}")
+    check_against_reference(rk.conv_bn_act, (x, w, b), {"stride": stride, "residual": res, "relu": True},
+                            torch.float32, f"1x1 + residual {case}")
+    if stride == 1:
+        gate = torch.rand(4, c_in, generator=GEN)
+        check_against_reference(rk.gated_conv1x1, (x, gate, w[:, :, 0, 0], b), {"residual": res}, torch.float32,
+                                f"gated {case}")

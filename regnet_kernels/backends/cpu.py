@@ -65,11 +65,33 @@ def _use_onednn(x, weight, groups, residual, channel_sums) -> bool:
 
 _AVX512 = torch.backends.cpu.get_cpu_capability() == "AVX512"
 
+# A second measured choice (bench/NOTES.md, "1x1 convs"): for fp32 1x1 convs at batch >= 4,
+# oneDNN's fused conv (+ bias, + residual add, + ReLU in its post-ops) ran 1.25-1.5x faster than
+# our at::vec GEMM on the RegNetY-400MF stage shapes at batch 16; at batch 1 ours is as fast or
+# faster. Our kernel keeps batch < 4, bf16/fp16 and every epilogue oneDNN lacks (channel sums).
+ONEDNN_1X1_MIN_BATCH = 4
+
+
+def _use_onednn_1x1(x, weight, groups, channel_sums) -> bool:
+    # Dense channels_last only: oneDNN would copy a strided view, our kernel reads it in place.
+    return (x.dtype == torch.float32 and groups == 1 and weight.shape[-1] == 1 and not channel_sums
+            and x.shape[0] >= ONEDNN_1X1_MIN_BATCH and x.is_contiguous(memory_format=torch.channels_last)
+            and _AVX512 and hasattr(torch.ops.mkldnn, "_convolution_pointwise"))
+
+
+def _onednn_conv(x, weight, bias, stride, padding, groups, residual, relu):
+    unary = "relu" if relu else "none"
+    args = ([padding] * 2, [stride] * 2, [1, 1], groups)
+    if residual is None:
+        return torch.ops.mkldnn._convolution_pointwise(x, weight, bias, *args, unary, [None], "")
+    return torch.ops.mkldnn._convolution_pointwise.binary(x, residual, weight, bias, *args, "add", None, unary, [], "")
+
 
 def conv_run(x, weight, bias, stride, padding, groups, residual, relu, channel_sums):
-    if _use_onednn(x, weight, groups, residual, channel_sums):
-        return torch.ops.mkldnn._convolution_pointwise(x, weight, bias, [padding] * 2, [stride] * 2, [1, 1], groups,
-                                                       "relu" if relu else "none", [None], "")
+    if _use_onednn(x, weight, groups, residual, channel_sums) or (
+            _use_onednn_1x1(x, weight, groups, channel_sums)
+            and (residual is None or residual.is_contiguous(memory_format=torch.channels_last))):
+        return _onednn_conv(x, weight, bias, stride, padding, groups, residual, relu)
     if channel_sums:
         return native_op("conv_bn_act_sums")(x, weight, bias, stride, padding, groups, relu)
     return native_op("conv_bn_act")(x, weight, bias, stride, padding, groups, residual, relu)
@@ -91,6 +113,10 @@ def gated_supports(*, x, gate, weight, bias=None, residual=None, relu=True, forc
 
 
 def gated_run(x, gate, weight, bias, residual, relu):
+    w4 = weight[:, :, None, None]
+    if _use_onednn_1x1(x, w4, 1, False) and (residual is None or residual.is_contiguous(memory_format=torch.channels_last)):
+        # Gating costs one extra pass over x here, still faster than our GEMM at batch >= 4 (NOTES.md).
+        return _onednn_conv(x * gate.to(x.dtype)[:, :, None, None], w4, bias, 1, 0, 1, residual, relu)
     return native_op("gated_conv1x1")(x, gate, weight, bias, residual, relu)
 
 
