@@ -6,7 +6,6 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import List, Optional, Sequence, Type, Union
 
-import torch
 from torch import Tensor, nn
 
 from .blocks import AnyHead, SimpleStem, Xblock, Yblock, init_weights

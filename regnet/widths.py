@@ -13,7 +13,7 @@ Python's ``round`` (also half to even) for the compatibility adjustment; we do t
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import List, Sequence, Tuple
 
 import numpy as np

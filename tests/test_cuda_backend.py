@@ -18,7 +18,6 @@ import zlib
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from kernel_cases import assert_accurate, grouped_cases, random_tensor, rel_err
 from regnet_kernels import _ext, dispatch

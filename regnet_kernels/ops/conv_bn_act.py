@@ -14,7 +14,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .. import dispatch
-from .checks import ALL_DTYPES, check_conv
+from ._eager import eager_supports, epilogue
+from .checks import check_conv
 
 OP = "conv_bn_act"
 
@@ -61,17 +62,10 @@ def resolve(x, weight, bias, stride, padding, groups, residual, relu, channel_su
 def conv_bn_act_eager(x, weight, bias, stride, padding, groups, residual, relu, channel_sums):
     """The reference: PyTorch's conv2d, then the epilogue. Called in float64 by the tests."""
     y = F.conv2d(x, weight, bias, stride, padding, 1, groups)
-    if residual is not None:
-        y = y + residual
-    if relu:
-        y = torch.relu(y)
+    y = epilogue(y, residual, relu)
     if channel_sums:
         return y, y.sum((2, 3), dtype=torch.float32 if y.dtype != torch.float64 else torch.float64)
     return y
 
 
-def _eager_supports(*, x, forced=False, **_):
-    return [] if x.dtype in ALL_DTYPES else [f"eager: dtype {x.dtype} not supported"]
-
-
-dispatch.register(OP, "eager", _eager_supports, conv_bn_act_eager)
+dispatch.register(OP, "eager", eager_supports, conv_bn_act_eager)

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 from typing import Optional
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from .. import dispatch
-from .checks import ALL_DTYPES, check_gated_conv1x1
+from ._eager import eager_supports, epilogue
+from .checks import check_gated_conv1x1
 
 OP = "gated_conv1x1"
 
@@ -43,13 +43,7 @@ def resolve(x, gate, weight, bias, residual, relu, backend):
 def gated_conv1x1_eager(x, gate, weight, bias, residual, relu):
     xg = x * gate.to(x.dtype)[:, :, None, None]
     y = F.conv2d(xg, weight[:, :, None, None], bias)
-    if residual is not None:
-        y = y + residual
-    return torch.relu(y) if relu else y
+    return epilogue(y, residual, relu)
 
 
-def _eager_supports(*, x, forced=False, **_):
-    return [] if x.dtype in ALL_DTYPES else [f"eager: dtype {x.dtype} not supported"]
-
-
-dispatch.register(OP, "eager", _eager_supports, gated_conv1x1_eager)
+dispatch.register(OP, "eager", eager_supports, gated_conv1x1_eager)

@@ -15,7 +15,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .. import dispatch
-from .checks import ALL_DTYPES, check_se
+from ._eager import eager_supports, epilogue
+from .checks import check_se
 
 OP = "se_gate"
 
@@ -59,13 +60,7 @@ def se_gate_eager(x, w1, b1, w2, b2, residual, relu, sums):
         sums = x.sum((2, 3), dtype=acc)
     gate = se_excite(sums, x.shape[2] * x.shape[3], w1, b1, w2, b2)
     y = x * gate.to(x.dtype)[:, :, None, None]
-    if residual is not None:
-        y = y + residual
-    return torch.relu(y) if relu else y
+    return epilogue(y, residual, relu)
 
 
-def _eager_supports(*, x, forced=False, **_):
-    return [] if x.dtype in ALL_DTYPES else [f"eager: dtype {x.dtype} not supported"]
-
-
-dispatch.register(OP, "eager", _eager_supports, se_gate_eager)
+dispatch.register(OP, "eager", eager_supports, se_gate_eager)
