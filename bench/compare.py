@@ -218,26 +218,33 @@ def time_forward(fn: Callable, x: torch.Tensor, min_time: float, min_iters: int 
     return times
 
 
-def run_row(model_name: str, batch: int, config: str, min_time: float, resolution: int = 224) -> Row:
+def prepare(model_name: str, batch: int, config: str, resolution: int = 224):
+    """(fn, input, relative error vs eager fp32) of a row, warmed up and checked, or raises Skip
+    (including for a wrong output: a wrong fast path is not a result)."""
     torch.manual_seed(0)
     model = regnet.create_model(model_name).eval()
     x = torch.randn(batch, 3, resolution, resolution)
-    row = Row(model_name, batch, config)
     with torch.no_grad():
         ref = model(x)
-        try:
-            fn, xin = CONFIGS[config](model, x)
-        except Skip as e:
-            row.skipped = str(e)
-            return row
+        fn, xin = CONFIGS[config](model, x)
         out = fn(xin)  # also the warm-up (compilation, prepacking)
         for _ in range(2):
             fn(xin)
-        row.rel_err_vs_eager = rel_err(out, ref)
-        tol = 5e-2 if config in BF16_CONFIGS else 1e-3
-        if not row.rel_err_vs_eager <= tol:
-            row.skipped = f"WRONG OUTPUT: relative error {row.rel_err_vs_eager:.3g} > {tol} vs eager fp32"
-            return row
+    err = rel_err(out, ref)
+    tol = 5e-2 if config in BF16_CONFIGS else 1e-3
+    if not err <= tol:
+        raise Skip(f"WRONG OUTPUT: relative error {err:.3g} > {tol} vs eager fp32")
+    return fn, xin, err
+
+
+def run_row(model_name: str, batch: int, config: str, min_time: float, resolution: int = 224) -> Row:
+    row = Row(model_name, batch, config)
+    try:
+        fn, xin, row.rel_err_vs_eager = prepare(model_name, batch, config, resolution)
+    except Skip as e:
+        row.skipped = str(e)
+        return row
+    with torch.no_grad():
         times = time_forward(fn, xin, min_time)
     row.ms_per_batch = statistics.median(times) * 1e3
     row.images_per_s = batch / statistics.median(times)

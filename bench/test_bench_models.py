@@ -23,18 +23,12 @@ def two_threads():
 @pytest.mark.parametrize("batch", BATCHES)
 @pytest.mark.parametrize("model_name", MODELS)
 def test_model_throughput(benchmark, model_name, batch, config):
-    torch.manual_seed(0)
-    model = compare.regnet.create_model(model_name).eval()
-    x = torch.randn(batch, 3, 224, 224)
+    try:
+        fn, xin, err = compare.prepare(model_name, batch, config)
+    except compare.Skip as e:
+        if str(e).startswith("WRONG OUTPUT"):
+            pytest.fail(f"{config}: {e}")
+        pytest.skip(str(e))
+    benchmark.extra_info.update(compare.bytes_moved(model_name, batch), rel_err_vs_eager=err, batch=batch)
     with torch.no_grad():
-        ref = model(x)
-        try:
-            fn, xin = compare.CONFIGS[config](model, x)
-        except compare.Skip as e:
-            pytest.skip(str(e))
-        out = fn(xin)
-        err = compare.rel_err(out, ref)
-        tol = 5e-2 if config in compare.BF16_CONFIGS else 1e-3
-        assert err <= tol, f"{config}: wrong output, relative error {err:.3g} vs eager fp32"
-        benchmark.extra_info.update(compare.bytes_moved(model_name, batch), rel_err_vs_eager=err, batch=batch)
         benchmark.pedantic(fn, args=(xin,), rounds=5, warmup_rounds=2, iterations=1)
