@@ -4,7 +4,8 @@
         --benchmark-columns=median,iqr,rounds --benchmark-sort=name --benchmark-group-by=param:shape
 
 Rows (2 threads, channels_last, RegNetY-400MF and RegNetX-400MF stage shapes, batch 1 and 16):
-- grouped 3x3 conv + bias + ReLU: `cpu` (this backend), `eager_unfused` (conv -> BN -> ReLU, three
+- grouped 3x3 conv + bias + ReLU: `cpu` (this backend, as dispatched: oneDNN with prepacked
+  weights for fp32 on AVX-512), `cpu_native` (our C++ kernel called directly), `eager_unfused` (conv -> BN -> ReLU, three
   ops), `eager_folded` (conv with BN folded into weight/bias, then ReLU), `mkldnn_fused`
   (oneDNN conv with fused bias + ReLU, what inductor with freezing calls);
 - se_gate with residual + ReLU: `cpu` vs `eager_sequence` (pool, two 1x1 convs, ReLU, sigmoid,
@@ -75,6 +76,9 @@ def conv_rows(n, c, hw, stride, gw):
     }
     if HAVE_EXT:
         rows["cpu"] = lambda: rk.conv_bn_act(x, wf, bf, stride=stride, groups=groups, backend="cpu")
+        # Our C++ kernel itself: the cpu backend hands fp32 dense channels-last convs to oneDNN
+        # with prepacked weights where that measured faster (backends/cpu.py).
+        rows["cpu_native"] = lambda: torch.ops.regnet_kernels.conv_bn_act(x, wf, bf, stride, 1, groups, None, True)
     return rows
 
 
@@ -103,7 +107,7 @@ CONV_PARAMS = [(n, s) for s in STAGES for n in BATCHES]
 SE_PARAMS = [(n, s) for s in SE_STAGES for n in BATCHES]
 
 
-@pytest.mark.parametrize("impl", ("cpu", "eager_unfused", "eager_folded", "mkldnn_fused"))
+@pytest.mark.parametrize("impl", ("cpu", "cpu_native", "eager_unfused", "eager_folded", "mkldnn_fused"))
 @pytest.mark.parametrize("shape", CONV_PARAMS, ids=[f"n{n}_{_conv_id(s)}" for n, s in CONV_PARAMS])
 def test_grouped_conv(benchmark, shape, impl):
     n, (_, _, c, hw, stride, gw) = shape
@@ -167,15 +171,17 @@ def best_ms(rows, min_time=0.3, repeats=9):
 def main():
     torch.set_num_threads(THREADS)
     print(f"torch {torch.__version__}, {THREADS} threads, fp32, channels_last; best-of-rounds ms, rows interleaved (ratio = eager / cpu)\n")
-    print("| shape | batch | cpu | eager unfused | eager folded | mkldnn fused | unfused/cpu | folded/cpu | mkldnn/cpu |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| shape | batch | cpu | cpu native | eager unfused | eager folded | mkldnn fused | unfused/cpu | "
+          "folded/cpu | mkldnn/cpu | unfused/native |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for s in STAGES:
         for n in BATCHES:
             rows = conv_rows(n, *s[2:])
             ms = best_ms(rows)
-            print(f"| {_conv_id(s)} | {n} | {ms['cpu']:.3f} | {ms['eager_unfused']:.3f} | {ms['eager_folded']:.3f} | "
-                  f"{ms['mkldnn_fused']:.3f} | {ms['eager_unfused'] / ms['cpu']:.2f}x | "
-                  f"{ms['eager_folded'] / ms['cpu']:.2f}x | {ms['mkldnn_fused'] / ms['cpu']:.2f}x |")
+            print(f"| {_conv_id(s)} | {n} | {ms['cpu']:.3f} | {ms['cpu_native']:.3f} | {ms['eager_unfused']:.3f} | "
+                  f"{ms['eager_folded']:.3f} | {ms['mkldnn_fused']:.3f} | {ms['eager_unfused'] / ms['cpu']:.2f}x | "
+                  f"{ms['eager_folded'] / ms['cpu']:.2f}x | {ms['mkldnn_fused'] / ms['cpu']:.2f}x | "
+                  f"{ms['eager_unfused'] / ms['cpu_native']:.2f}x |")
             sys.stdout.flush()
     print("\n| se_gate shape | batch | cpu | eager sequence | eager/cpu |")
     print("|---|---|---|---|---|")

@@ -48,6 +48,10 @@ def report() -> str:
         tv = f"not importable ({e})"
     lines.append(f"triton: {tv}; interpreter (TRITON_INTERPRET=1): {'on' if os.environ.get('TRITON_INTERPRET') == '1' else 'off'}")
     lines.append(f"CPU: {torch.backends.cpu.get_cpu_capability()}, threads {torch.get_num_threads()}")
+    if "cpu" not in IMPORT_ERRORS:
+        from .backends import cpu as cpu_backend
+
+        lines.append(cpu_backend.onednn_routes())
     forced = os.environ.get(dispatch.ENV_VAR)
     lines.append(f"auto order: {' > '.join(dispatch.AUTO_ORDER)}; ${dispatch.ENV_VAR}={forced or '(unset: auto)'}")
     for name, err in IMPORT_ERRORS.items():

@@ -21,7 +21,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .ops import conv_bn_act as conv_op
+from .backends import cpu as cpu_backend
 from .ops import gated_conv1x1 as gated_op
+from .ops import se_gate as se_gate_op
 from .ops.fold_bn import fold_bn
 from .ops.se_gate import se_excite
 
@@ -97,10 +99,16 @@ class FusedConv(nn.Module):
     def gated(self, x: Tensor, gate: Tensor, residual: Optional[Tensor], backend: Optional[str] = None) -> Tensor:
         """K4: this 1x1 conv of x * gate[n, c], + bias + residual, ReLU."""
         w, b = self.weight, self.bias
-        w2d, run = self.resolved.get(
+        w2d, _, run = self.resolved.get(
             _signature(x, gate, residual, w, flags=("gated", backend)),
             lambda: gated_op.resolve(x, gate, w, b, residual, True, backend))
         return run(x, gate, w2d, b, residual, True)
+
+    def gates_in_separate_pass(self, x: Tensor, gate: Tensor, residual: Optional[Tensor],
+                               backend: Optional[str] = None) -> bool:
+        """Whether the backend chosen for gated() would gate x in a pass of its own."""
+        w2d, name, _ = gated_op.resolve(x, gate, self.weight, self.bias, residual, True, backend)
+        return name == "cpu" and cpu_backend.separate_gate_pass(x, w2d, residual)
 
 
 class FusedXBlock(_InferenceModule):
@@ -126,7 +134,14 @@ class FusedXBlock(_InferenceModule):
 
 
 class FusedYBlock(FusedXBlock):
-    """Y block: K1, K2 with SE sums, K3 (SE MLP on [N, C]), [projection], K4 with the gate."""
+    """Y block: K1, K2 with SE sums, K3 (SE MLP on [N, C]), [projection], K4 with the gate.
+
+    When the backend would gate K4's input in a pass of its own anyway (the cpu backend handing a
+    large 1x1 to oneDNN, which has no input scale), the block runs instead: K2 without sums,
+    se_gate (mean, MLP and x * gate in one op), K4 as a 1x1 conv + residual + ReLU. Same passes
+    over memory, one op instead of the SE's ~8 small ones. The choice is made on the first call
+    of each input signature, from the backends' own rules.
+    """
 
     def __init__(self, block: nn.Module, dtype: torch.dtype, backend: Optional[str] = None):
         super().__init__(block, dtype, backend)
@@ -136,13 +151,26 @@ class FusedYBlock(FusedXBlock):
         self.register_buffer("se_b1", fc1.bias.detach().float().clone())
         self.register_buffer("se_w2", fc2.weight.detach()[:, :, 0, 0].float().clone())
         self.register_buffer("se_b2", fc2.bias.detach().float().clone())
+        self.gate_in_se = {}  # input signature -> bool (see the class docstring)
+        self.resolved_se = _ResolvedOps()
 
     def forward(self, x: Tensor) -> Tensor:
         self._check_eval()
         a = self.a(x, backend=self.backend)
+        shortcut = self.shortcut(x)
+        key = _signature(a, shortcut, flags=(self.backend,))
+        if not torch.compiler.is_compiling() and self.gate_in_se.get(key, False):
+            b = self.b(a, backend=self.backend)
+            se = (self.se_w1, self.se_b1, self.se_w2, self.se_b2)
+            w1, w2, run = self.resolved_se.get(_signature(b, flags=(self.backend,)),
+                                               lambda: se_gate_op.resolve(b, *se, None, False, None, self.backend))
+            gated = run(b, w1, self.se_b1, w2, self.se_b2, None, False, None)
+            return self.c(gated, residual=shortcut, relu=True, backend=self.backend)
         b, sums = self.b(a, channel_sums=True, backend=self.backend)
         gate = se_excite(sums, b.shape[2] * b.shape[3], self.se_w1, self.se_b1, self.se_w2, self.se_b2)
-        return self.c.gated(b, gate, self.shortcut(x), backend=self.backend)
+        if not torch.compiler.is_compiling() and key not in self.gate_in_se:
+            self.gate_in_se[key] = self.c.gates_in_separate_pass(b, gate, shortcut, backend=self.backend)
+        return self.c.gated(b, gate, shortcut, backend=self.backend)
 
 
 class FusedStem(_InferenceModule):

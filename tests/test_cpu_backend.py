@@ -16,6 +16,7 @@ import torch
 
 import regnet_kernels as rk
 from regnet_kernels import dispatch
+from regnet_kernels.backends import cpu as cpu_backend
 from regnet_kernels.backends import native
 from regnet_kernels.testing import poison_outputs
 from tests.kernel_cases import (ConvCase, assert_accurate, grouped_cases, pointwise_cases, random_tensor,
@@ -35,6 +36,20 @@ def to64(t):
 
 def randn(*shape, dtype=torch.float32):
     return torch.randn(*shape, generator=GEN).to(dtype)
+
+
+@pytest.fixture
+def native_route(monkeypatch):
+    """Our kernels for every call: the cpu backend otherwise hands fp32 dense channels-last convs
+    to oneDNN on AVX-512 machines (a measured choice, backends/cpu.py)."""
+    monkeypatch.setattr(cpu_backend, "ONEDNN_ENABLED", False)
+
+
+@pytest.fixture
+def onednn_route():
+    if not cpu_backend._use_onednn(torch.zeros(1, 8, 1, 1).to(memory_format=torch.channels_last),
+                                   torch.zeros(8, 8, 1, 1), 1, None):
+        pytest.skip("the oneDNN route is not taken on this machine (needs AVX-512, oneDNN ops, fp32)")
 
 
 def check_against_reference(op, args, kwargs, dtype, what):
@@ -82,12 +97,27 @@ CONV_CASES = grouped_cases() + pointwise_cases() + stem_cases()
 
 @pytest.mark.parametrize("layout", SERVED_LAYOUTS, ids=("channels_last", "strided"))
 @pytest.mark.parametrize("case", CONV_CASES, ids=str)
-def test_conv_fp32(case, layout):
+def test_conv_fp32(case, layout, native_route):
     idx = CONV_CASES.index(case) + SERVED_LAYOUTS.index(layout)
     variant = VARIANTS[idx % len(VARIANTS)]
     x, w, b = conv_inputs(case, torch.float32, *layout, bias=idx % 4 != 3)
     kw = conv_variant_kwargs(case, variant, torch.float32, *layout)
     check_against_reference(rk.conv_bn_act, (x, w, b), kw, torch.float32, f"{case} {variant}")
+
+
+@pytest.mark.parametrize("case", CONV_CASES, ids=str)
+def test_conv_fp32_onednn_route(case, onednn_route):
+    """The same cases through the oneDNN route (prepacked weights, post-ops, our channel sums),
+    with a different epilogue variant than test_conv_fp32 gave the case."""
+    idx = CONV_CASES.index(case) + 2
+    variant = VARIANTS[idx % len(VARIANTS)]
+    x, w, b = conv_inputs(case, torch.float32, bias=idx % 4 != 3)
+    kw = conv_variant_kwargs(case, variant, torch.float32, True, False)
+    assert cpu_backend._use_onednn(x, w, case.groups, kw.get("residual")), "the oneDNN route is not taken"
+    check_against_reference(rk.conv_bn_act, (x, w, b), kw, torch.float32, f"{case} {variant} oneDNN")
+    # A second call reuses the packed weight; an in-place update of the weight must repack.
+    w.mul_(-1)
+    check_against_reference(rk.conv_bn_act, (x, w, b), kw, torch.float32, f"{case} {variant} oneDNN, weight updated")
 
 
 @pytest.mark.parametrize("case", [c for c in grouped_cases(seed=3) if c.c_in // c.groups == 8], ids=str)
@@ -145,7 +175,7 @@ GATED_CASES = [c for c in pointwise_cases() if c.stride == 1]
 @pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16), ids=str)
 @pytest.mark.parametrize("layout", SERVED_LAYOUTS, ids=("channels_last", "strided"))
 @pytest.mark.parametrize("case", GATED_CASES, ids=str)
-def test_gated_conv1x1(case, layout, dtype):
+def test_gated_conv1x1(case, layout, dtype, native_route):
     x = random_tensor((case.n, case.c_in, case.h, case.w), dtype, *layout, GEN)
     gate = torch.rand(case.n, case.c_in, generator=GEN)  # fp32, in (0, 1) like a sigmoid
     w = randn(case.c_out, case.c_in, dtype=dtype) * case.c_in ** -0.5
@@ -259,21 +289,15 @@ def test_other_isa_variants(isa):
     assert run.returncode == 0 and "ok" in run.stdout, run.stderr[-3000:]
 
 
-@pytest.mark.parametrize("c_in,c_out,stride,hw", [(48, 104, 2, 13), (208, 208, 1, 7), (40, 24, 1, 8)])
-def test_onednn_1x1_route_at_batch_4(c_in, c_out, stride, hw):
-    """At batch >= 4 fp32 1x1 convs (plain, + residual, gated) go through oneDNN (a measured
-    choice, bench/NOTES.md): same accuracy bar, channels-last kept, strided views stay ours."""
-    case = ConvCase(4, c_in, c_out, hw, hw, 1, stride, 1)
-    x, w, b = conv_inputs(case, torch.float32)
-    res = random_tensor((4, c_out) + out_hw(case), torch.float32, True, False, GEN)
-    from regnet_kernels.backends import cpu as cpu_backend
-
-    if torch.backends.cpu.get_cpu_capability() == "AVX512":
-        assert cpu_backend._use_onednn_1x1(x, w, 1, False), "the oneDNN route is not taken: this test tests nothing"
-    check_against_reference(rk.conv_bn_act, (x, w, b), {"stride": stride}, torch.float32, f"1x1 {case}")
-    check_against_reference(rk.conv_bn_act, (x, w, b), {"stride": stride, "residual": res, "relu": True},
-                            torch.float32, f"1x1 + residual {case}")
-    if stride == 1:
-        gate = torch.rand(4, c_in, generator=GEN)
-        check_against_reference(rk.gated_conv1x1, (x, gate, w[:, :, 0, 0], b), {"residual": res}, torch.float32,
-                                f"gated {case}")
+@pytest.mark.parametrize("n,c_in,c_out,hw", [(1, 208, 208, 7), (4, 440, 440, 5), (2, 48, 104, 9)])
+def test_gated_conv1x1_onednn_route(n, c_in, c_out, hw, onednn_route):
+    """K4 with at least ONEDNN_GATED_MIN_WEIGHTS weights goes to oneDNN (x * gate, then the conv with
+    residual and ReLU as post-ops); smaller ones stay ours. Both against float64."""
+    x = random_tensor((n, c_in, hw, hw), torch.float32, True, False, GEN)
+    gate = torch.rand(n, c_in, generator=GEN)
+    w = randn(c_out, c_in) * c_in ** -0.5
+    res = random_tensor((n, c_out, hw, hw), torch.float32, True, False, GEN)
+    takes_onednn = w.numel() >= cpu_backend.ONEDNN_GATED_MIN_WEIGHTS
+    assert takes_onednn == (c_in >= 208), "the test shapes no longer straddle the threshold"
+    check_against_reference(rk.gated_conv1x1, (x, gate, w, randn(c_out)), {"residual": res}, torch.float32,
+                            f"gated {n}x{c_in}->{c_out} {hw}x{hw} ({'oneDNN' if takes_onednn else 'ours'})")

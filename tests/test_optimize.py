@@ -40,18 +40,47 @@ def _models():
     yield "regnety_006 (timm)", timm.create_model("regnety_006")
 
 
+@pytest.mark.parametrize("cpu_route", ("auto", "native"))
 @pytest.mark.parametrize("label,model", list(_models()), ids=lambda v: v if isinstance(v, str) else "")
-def test_fp32_outputs_match_the_original(label, model):
-    model = _randomize_bn(model)
+def test_fp32_outputs_match_the_original(label, model, cpu_route, monkeypatch):
+    """cpu_route 'native' turns the cpu backend's oneDNN routes off, so our kernels serve every op."""
+    from regnet_kernels.backends import cpu as cpu_backend
+
+    if cpu_route == "native":
+        monkeypatch.setattr(cpu_backend, "ONEDNN_ENABLED", False)
+    model = _randomize_bn(copy.deepcopy(model))
     before = copy.deepcopy(model.state_dict())
     fused = rk.optimize(model)
-    x = torch.randn(2, 3, 64, 64)
-    with torch.no_grad():
-        ref, out = model(x), fused(x)
-    assert (out - ref).abs().max().item() <= 1e-4, label
+    # The second call runs the schedules fixed on the first (FusedYBlock.gate_in_se).
+    for x in (torch.randn(2, 3, 64, 64), torch.randn(2, 3, 64, 64)):
+        with torch.no_grad():
+            ref, out = model(x), fused(x)
+        assert (out - ref).abs().max().item() <= 1e-4, label
+    schedules = {v for m in fused.modules() for v in getattr(m, "gate_in_se", {}).values()}
+    if cpu_route == "native":
+        assert schedules <= {False}, "gating in the SE op without the oneDNN route"
     # the original is untouched: same weights, still a plain module with BN
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+
+
+def test_y_blocks_take_both_schedules_and_agree():
+    """On the oneDNN route, Y blocks with large K4 weights gate in the SE op (se_gate, then a plain
+    1x1 conv), small ones gate on load (gated_conv1x1); both must match the original."""
+    from regnet_kernels.backends import cpu as cpu_backend
+
+    if not cpu_backend.ONEDNN_ENABLED or not cpu_backend._use_onednn(
+            torch.zeros(1, 8, 1, 1).to(memory_format=torch.channels_last), torch.zeros(8, 8, 1, 1), 1, None):
+        pytest.skip("no oneDNN route on this machine: every Y block gates on load")
+    model = _randomize_bn(regnet.create_model("regnety_004"))
+    fused = rk.optimize(model)
+    for _ in range(2):
+        x = torch.randn(1, 3, 64, 64)
+        with torch.no_grad():
+            ref, out = model(x), fused(x)
+        assert (out - ref).abs().max().item() <= 1e-4
+    schedules = [v for m in fused.modules() for v in getattr(m, "gate_in_se", {}).values()]
+    assert True in schedules and False in schedules, schedules
 
 
 def test_bf16_within_twice_eager_error():

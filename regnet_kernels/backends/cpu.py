@@ -7,9 +7,11 @@ bounds); supports() only decides whether this backend should take the call, and 
 
 from __future__ import annotations
 
+import os
 from typing import List
 
 import torch
+from torch.utils.weak import WeakIdKeyDictionary
 
 from .. import dispatch
 from ..ops.checks import SUPPORTED_KERNEL_SIZES, SUPPORTED_STRIDES
@@ -49,49 +51,87 @@ def conv_supports(*, x, weight, bias=None, stride=1, padding=None, groups=1, res
     return reasons
 
 
-# A measured per-shape choice (bench/NOTES.md): with 16-lane AVX-512 vectors our micro-kernel
-# fills only half of each vector for group width 8 (RegNetY-400MF's), and oneDNN's fused conv +
-# bias + ReLU was ~1.3-1.8x faster there at batch 16. It serves exactly that case: fp32,
-# grouped 3x3, group width 8, no residual, no channel sums (those epilogues are ours alone).
-# Every other shape (group width >= 16, 1x1, the stem, bf16/fp16, K2 sums) runs our kernel.
-ONEDNN_GROUP_WIDTHS = (8,)
-
-
-def _use_onednn(x, weight, groups, residual, channel_sums) -> bool:
-    return (x.dtype == torch.float32 and groups > 1 and weight.shape[-1] == 3 and residual is None
-            and not channel_sums and weight.shape[1] in ONEDNN_GROUP_WIDTHS and weight.shape[0] // groups in
-            ONEDNN_GROUP_WIDTHS and _AVX512 and hasattr(torch.ops.mkldnn, "_convolution_pointwise"))
-
-
+# Measured per-shape choices (bench/NOTES.md, "oneDNN with prepacked weights"): for fp32 on an
+# AVX-512 CPU, oneDNN's conv with bias, ReLU and the residual add in its post-ops, fed weights
+# reordered once into its blocked layout, beat our at::vec kernels on the RegNetY/X-400MF convs:
+# grouped 3x3 1.2-1.9x and 1x1 1.1-1.4x at batch 16, most shapes at batch 1, the stem 1.7-2.5x.
+# Our kernels keep bf16/fp16, CPUs without AVX-512, strided (non-dense) activations, which they
+# read in place where oneDNN would copy, and torch.compile (which traces our custom ops; Inductor
+# does its own oneDNN packing when freezing). K2's SE sums are then a separate pass of our
+# channel_sums kernel (oneDNN cannot emit them): still faster than our fused conv + sums kernel.
+# The gated 1x1 (K4) stays ours below ONEDNN_GATED_MIN_WEIGHTS weights (C_out x C_in < 128 x 128):
+# there the extra pass x * gate that oneDNN needs costs more than it saves (batch 1, C=48..104:
+# ours 0.145-0.159 ms vs 0.179-0.189 ms; C=440: ours 0.38 ms vs 0.17 ms).
+ONEDNN_GATED_MIN_WEIGHTS = 128 * 128
+# REGNET_KERNELS_CPU_ONEDNN=0 turns these routes off: every call then runs our kernels.
+ONEDNN_ENABLED = os.environ.get("REGNET_KERNELS_CPU_ONEDNN", "1") != "0"
 _AVX512 = torch.backends.cpu.get_cpu_capability() == "AVX512"
-
-# A second measured choice (bench/NOTES.md, "1x1 convs"): for fp32 1x1 convs at batch >= 4,
-# oneDNN's fused conv (+ bias, + residual add, + ReLU in its post-ops) ran 1.25-1.5x faster than
-# our at::vec GEMM on the RegNetY-400MF stage shapes at batch 16; at batch 1 ours is as fast or
-# faster. Our kernel keeps batch < 4, bf16/fp16 and every epilogue oneDNN lacks (channel sums).
-ONEDNN_1X1_MIN_BATCH = 4
+_HAS_ONEDNN = hasattr(torch.ops.mkldnn, "_convolution_pointwise") and hasattr(
+    torch.ops.mkldnn, "_reorder_convolution_weight")
 
 
-def _use_onednn_1x1(x, weight, groups, channel_sums) -> bool:
-    # Dense channels_last only: oneDNN would copy a strided view, our kernel reads it in place.
-    return (x.dtype == torch.float32 and groups == 1 and weight.shape[-1] == 1 and not channel_sums
-            and x.shape[0] >= ONEDNN_1X1_MIN_BATCH and x.is_contiguous(memory_format=torch.channels_last)
-            and _AVX512 and hasattr(torch.ops.mkldnn, "_convolution_pointwise"))
+def onednn_routes() -> str:
+    """One line for `python -m regnet_kernels.info`: whether the oneDNN routes are on, and why not."""
+    why_not = [why for ok, why in ((ONEDNN_ENABLED, "REGNET_KERNELS_CPU_ONEDNN=0"), (_AVX512, "no AVX-512"),
+                                   (_HAS_ONEDNN, "torch lacks mkldnn._convolution_pointwise")) if not ok]
+    if why_not:
+        return "cpu backend oneDNN routes: off (" + ", ".join(why_not) + "): our kernels serve every conv"
+    return (f"cpu backend oneDNN routes: on for fp32 dense channels-last convs (prepacked weights), "
+            f"gated 1x1 from {ONEDNN_GATED_MIN_WEIGHTS} weights; REGNET_KERNELS_CPU_ONEDNN=0 turns them off")
+
+
+def _dense_cl(t) -> bool:
+    return t is None or t.is_contiguous(memory_format=torch.channels_last)
+
+
+def _use_onednn(x, weight, groups, residual) -> bool:
+    k = weight.shape[-1]
+    return (ONEDNN_ENABLED and x.dtype == torch.float32 and _AVX512 and _HAS_ONEDNN and _dense_cl(x) and _dense_cl(residual)
+            and k in (1, 3)
+            and not torch.compiler.is_compiling())
+
+
+# oneDNN reorders a plain weight into its blocked layout on every call (a pass over the weights,
+# 17 MB per RegNetY-400MF forward). The reordered copy is kept per weight tensor, keyed weakly
+# on the tensor object (it goes when the weight goes) and checked against the weight's version
+# counter (an in-place update repacks). Input shapes are part of the key: oneDNN picks the
+# blocked layout for a given problem. At most _PACKED_PER_WEIGHT shapes per weight are kept.
+_PACKED = WeakIdKeyDictionary()
+_PACKED_PER_WEIGHT = 8
+
+
+def packed_weight(weight, padding, stride, groups, x_shape):
+    key = (padding, stride, groups, tuple(x_shape))
+    version, entries = _PACKED.get(weight, (None, None))
+    if version != weight._version:
+        entries = {}
+        _PACKED[weight] = (weight._version, entries)
+    packed = entries.get(key)
+    if packed is None:
+        if len(entries) >= _PACKED_PER_WEIGHT:
+            entries.clear()
+        w = weight.detach()
+        w = w[:, :, None, None] if w.dim() == 2 else w  # K4 passes its 1x1 weight as [C_out, C]
+        with torch.no_grad():
+            packed = entries[key] = torch.ops.mkldnn._reorder_convolution_weight(
+                w, [padding] * 2, [stride] * 2, [1, 1], groups, list(x_shape))
+    return packed
 
 
 def _onednn_conv(x, weight, bias, stride, padding, groups, residual, relu):
-    unary = "relu" if relu else "none"
+    w = packed_weight(weight, padding, stride, groups, x.shape)
     args = ([padding] * 2, [stride] * 2, [1, 1], groups)
     if residual is None:
-        return torch.ops.mkldnn._convolution_pointwise(x, weight, bias, *args, unary, [None], "")
-    return torch.ops.mkldnn._convolution_pointwise.binary(x, residual, weight, bias, *args, "add", None, unary, [], "")
+        return torch.ops.mkldnn._convolution_pointwise(x, w, bias, *args, "relu" if relu else "none", [None], "")
+    # The binary form takes no unary post-op as None ("none" is rejected there).
+    return torch.ops.mkldnn._convolution_pointwise.binary(x, residual, w, bias, *args, "add", None,
+                                                          "relu" if relu else None, [], "")
 
 
 def conv_run(x, weight, bias, stride, padding, groups, residual, relu, channel_sums):
-    if _use_onednn(x, weight, groups, residual, channel_sums) or (
-            _use_onednn_1x1(x, weight, groups, channel_sums)
-            and (residual is None or residual.is_contiguous(memory_format=torch.channels_last))):
-        return _onednn_conv(x, weight, bias, stride, padding, groups, residual, relu)
+    if _use_onednn(x, weight, groups, residual):
+        y = _onednn_conv(x, weight, bias, stride, padding, groups, residual, relu)
+        return (y, native_op("channel_sums")(y)) if channel_sums else y
     if channel_sums:
         return native_op("conv_bn_act_sums")(x, weight, bias, stride, padding, groups, relu)
     return native_op("conv_bn_act")(x, weight, bias, stride, padding, groups, residual, relu)
@@ -112,11 +152,17 @@ def gated_supports(*, x, gate, weight, bias=None, residual=None, relu=True, forc
     return _common_reasons(x, (("residual", residual),))
 
 
+def separate_gate_pass(x, weight, residual) -> bool:
+    """Whether gated_conv1x1 on these arguments gates x in a pass of its own (then the oneDNN
+    1x1 conv) instead of on load in our kernel. A fused Y block then lets se_gate write x * gate
+    in the SE op, which costs the same pass and saves the SE's small ops (FusedYBlock)."""
+    return weight.numel() >= ONEDNN_GATED_MIN_WEIGHTS and _use_onednn(x, weight[:, :, None, None], 1, residual)
+
+
 def gated_run(x, gate, weight, bias, residual, relu):
-    w4 = weight[:, :, None, None]
-    if _use_onednn_1x1(x, w4, 1, False) and (residual is None or residual.is_contiguous(memory_format=torch.channels_last)):
-        # Gating costs one extra pass over x here, still faster than our GEMM at batch >= 4 (NOTES.md).
-        return _onednn_conv(x * gate.to(x.dtype)[:, :, None, None], w4, bias, 1, 0, 1, residual, relu)
+    if separate_gate_pass(x, weight, residual):
+        # oneDNN has no per-(n, c) input scale: the gated input costs one extra pass over x.
+        return _onednn_conv(x * gate.to(x.dtype)[:, :, None, None], weight, bias, 1, 0, 1, residual, relu)
     return native_op("gated_conv1x1")(x, gate, weight, bias, residual, relu)
 
 

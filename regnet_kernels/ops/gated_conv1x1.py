@@ -29,15 +29,15 @@ def gated_conv1x1(
 ) -> Tensor:
     """Args: x [N, C, H, W]; gate [N, C] (fp32, from se_excite, or x's dtype); weight [C_out, C]
     or [C_out, C, 1, 1]; bias [C_out]; residual [N, C_out, H, W]; relu: ReLU last."""
-    weight, run = resolve(x, gate, weight, bias, residual, relu, backend)
+    weight, _, run = resolve(x, gate, weight, bias, residual, relu, backend)
     return run(x, gate, weight, bias, residual, relu)
 
 
 def resolve(x, gate, weight, bias, residual, relu, backend):
-    """Check the arguments and pick the backend: (weight as [C_out, C], implementation)."""
+    """Check the arguments and pick the backend: (weight as [C_out, C], backend name, implementation)."""
     weight, _ = check_gated_conv1x1(x, gate, weight, bias, residual)
-    _, run = dispatch.select(OP, backend, x=x, gate=gate, weight=weight, bias=bias, residual=residual, relu=relu)
-    return weight, run
+    name, run = dispatch.select(OP, backend, x=x, gate=gate, weight=weight, bias=bias, residual=residual, relu=relu)
+    return weight, name, run
 
 
 def gated_conv1x1_eager(x, gate, weight, bias, residual, relu):

@@ -49,9 +49,15 @@ def se_gate(
         residual: [N, C, H, W] added after gating (the block's shortcut); relu: ReLU last.
         sums: fp32 [N, C] sums of x over H, W, used instead of re-reading x for the mean.
     """
+    w1, w2, run = resolve(x, w1, b1, w2, b2, residual, relu, sums, backend)
+    return run(x, w1, b1, w2, b2, residual, relu, sums)
+
+
+def resolve(x, w1, b1, w2, b2, residual, relu, sums, backend):
+    """Check the arguments and pick the backend: (w1, w2 as matrices, implementation)."""
     w1, w2 = check_se(x, w1, b1, w2, b2, residual, sums)
     _, run = dispatch.select(OP, backend, x=x, w1=w1, b1=b1, w2=w2, b2=b2, residual=residual, relu=relu, sums=sums)
-    return run(x, w1, b1, w2, b2, residual, relu, sums)
+    return w1, w2, run
 
 
 def se_gate_eager(x, w1, b1, w2, b2, residual, relu, sums):
