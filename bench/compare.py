@@ -54,6 +54,7 @@ class Row:
     rel_err_vs_eager: Optional[float] = None
     skipped: Optional[str] = None
     ratio_vs_eager: Optional[float] = None
+    peak_mb: Optional[float] = None
     extra: Dict[str, float] = field(default_factory=dict)
 
 
@@ -143,9 +144,57 @@ def _needs_gpu(fn):
     return build
 
 
+class CudnnFusedRegNet(nn.Module):
+    """The cuDNN fused-conv baseline: BN folded, every conv + bias + ReLU through
+    torch.cudnn_convolution_relu and each block's last conv + shortcut + ReLU through
+    torch.cudnn_convolution_add_relu; SE, projection and head stay eager. What cuDNN's own
+    fusions give without our kernels. `conv_relu` / `conv_add_relu` take those two functions'
+    signatures, so tests can check the wiring on the CPU with eager twins (eager_twins())."""
+
+    def __init__(self, model: nn.Module, conv_relu: Optional[Callable] = None, conv_add_relu: Optional[Callable] = None):
+        super().__init__()
+        self.net = fold_model_bn(model)
+        self.conv_relu = conv_relu or torch.cudnn_convolution_relu
+        self.conv_add_relu = conv_add_relu or torch.cudnn_convolution_add_relu
+
+    @staticmethod
+    def _geometry(conv: nn.Conv2d):
+        return list(conv.stride), list(conv.padding), list(conv.dilation), conv.groups
+
+    def forward(self, x):
+        net = self.net
+        x = self.conv_relu(x, net.stem.conv.weight, net.stem.conv.bias, *self._geometry(net.stem.conv))
+        for name, stage in net.named_children():
+            if not (name.startswith("s") and name[1:].isdigit()):
+                continue
+            for blk in stage.children():
+                f = blk.f
+                shortcut = x if blk.proj is None else blk.proj(x)  # folded: the BN is an Identity now
+                y = self.conv_relu(x, f.a.weight, f.a.bias, *self._geometry(f.a))
+                y = self.conv_relu(y, f.b.weight, f.b.bias, *self._geometry(f.b))
+                if f.se is not None:
+                    y = f.se(y)
+                x = self.conv_add_relu(y, f.c.weight, shortcut, 1.0, f.c.bias, *self._geometry(f.c))
+        return net.head(x)
+
+    @staticmethod
+    def eager_twins():
+        """(conv_relu, conv_add_relu) in plain PyTorch with the cuDNN functions' signatures."""
+        import torch.nn.functional as F
+
+        def conv_relu(x, w, b, stride, padding, dilation, groups):
+            return F.relu(F.conv2d(x, w, b, stride, padding, dilation, groups))
+
+        def conv_add_relu(x, w, z, alpha, b, stride, padding, dilation, groups):
+            return F.relu(F.conv2d(x, w, b, stride, padding, dilation, groups) + alpha * z)
+
+        return conv_relu, conv_add_relu
+
+
 def _cudnn_fused_relu(model, x):
-    """Folded convs run through torch.cudnn_convolution_relu / _add_relu (cuDNN's fused path)."""
-    raise Skip("cuDNN fused-conv row not built yet: needs a GPU machine to validate against eager")
+    """fp16 channels_last, as the other GPU rows."""
+    fused = CudnnFusedRegNet(model).half().to(memory_format=torch.channels_last)
+    return (lambda inp: fused(inp).float()), x.half().to(memory_format=torch.channels_last)
 
 
 CONFIGS: Dict[str, Callable] = {
@@ -167,7 +216,7 @@ CONFIGS: Dict[str, Callable] = {
 }
 SHORT_CONFIGS = ["eager_nchw", "eager_channels_last", "compile_freezing", "onnxruntime", "openvino_fp32",
                  "openvino_bf16", "optimize", "optimize_bf16", "gpu_optimize_fp16"]
-BF16_CONFIGS = {"openvino_bf16", "optimize_bf16", "gpu_eager_cl_fp16", "gpu_optimize_fp16"}
+BF16_CONFIGS = {"openvino_bf16", "optimize_bf16", "gpu_eager_cl_fp16", "gpu_optimize_fp16", "gpu_cudnn_fused_relu"}
 
 
 # ---- bytes moved per forward (the GPU yardstick) ---------------------------------------------
@@ -237,6 +286,39 @@ def prepare(model_name: str, batch: int, config: str, resolution: int = 224):
     return fn, xin, err
 
 
+PEAK_NOTE = ("peak MB: memory allocated through torch during one forward above what was allocated before "
+             "it (activations, workspaces; not weights), from the profiler's memory records (CPU) or the CUDA "
+             "allocator; n/a for runtimes that allocate outside torch.")
+# Rows whose memory lives outside torch's allocator: their peak is not measured.
+FOREIGN_RUNTIMES = {"onnxruntime", "openvino_fp32", "openvino_bf16"}
+
+
+def peak_memory_mb(fn: Callable, x: torch.Tensor) -> float:
+    """Peak of the memory allocated through torch during one forward, above what was allocated
+    before it (activations and workspaces; weights excluded), in MiB. On a GPU: the CUDA
+    allocator's peak. On the CPU: the profiler's memory records, replayed in order over the
+    top-level ops and frees (an op's temporaries freed inside it are not seen: a lower bound)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with torch.no_grad():
+        if x.is_cuda:
+            torch.cuda.synchronize()
+            base = torch.cuda.memory_allocated()
+            torch.cuda.reset_peak_memory_stats()
+            fn(x)
+            torch.cuda.synchronize()
+            return (torch.cuda.max_memory_allocated() - base) / 2 ** 20
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            fn(x)
+    events = sorted((e for e in prof.events() if e.cpu_parent is None and e.cpu_memory_usage),
+                    key=lambda e: e.time_range.start)
+    live = peak = 0
+    for e in events:
+        live += e.cpu_memory_usage
+        peak = max(peak, live)
+    return peak / 2 ** 20
+
+
 def run_row(model_name: str, batch: int, config: str, min_time: float, resolution: int = 224) -> Row:
     row = Row(model_name, batch, config)
     try:
@@ -248,6 +330,8 @@ def run_row(model_name: str, batch: int, config: str, min_time: float, resolutio
         times = time_forward(fn, xin, min_time)
     row.ms_per_batch = statistics.median(times) * 1e3
     row.images_per_s = batch / statistics.median(times)
+    if config not in FOREIGN_RUNTIMES:
+        row.peak_mb = peak_memory_mb(fn, xin)
     return row
 
 
@@ -271,15 +355,16 @@ def machine() -> str:
 
 
 def markdown(rows: List[Row]) -> str:
-    lines = ["| model | batch | config | images/s | vs eager NCHW | ms/batch | rel err vs eager |",
-             "|---|---:|---|---:|---:|---:|---:|"]
+    lines = ["| model | batch | config | images/s | vs eager NCHW | ms/batch | peak MB | rel err vs eager |",
+             "|---|---:|---|---:|---:|---:|---:|---:|"]
     for r in rows:
         if r.skipped:
-            lines.append(f"| {r.model} | {r.batch} | {r.config} | skipped: {r.skipped} | | | |")
+            lines.append(f"| {r.model} | {r.batch} | {r.config} | skipped: {r.skipped} | | | | |")
         else:
             ratio = f"{r.ratio_vs_eager:.2f}x" if r.ratio_vs_eager else ""
+            peak = f"{r.peak_mb:.0f}" if r.peak_mb is not None else "n/a"
             lines.append(f"| {r.model} | {r.batch} | {r.config} | {r.images_per_s:.1f} | {ratio} | "
-                         f"{r.ms_per_batch:.2f} | {r.rel_err_vs_eager:.1e} |")
+                         f"{r.ms_per_batch:.2f} | {peak} | {r.rel_err_vs_eager:.1e} |")
     return "\n".join(lines)
 
 
@@ -311,7 +396,7 @@ def write_results(rows: List[Row], tag: str) -> Dict[str, str]:
     paths = {ext: os.path.join(RESULTS_DIR, f"{tag}.{ext}") for ext in ("json", "md", "png")}
     payload = {"machine": machine(), "rows": [asdict(r) for r in rows]}
     for path, text in ((paths["json"], json.dumps(payload, indent=1)),
-                       (paths["md"], f"Machine: {machine()}\n\n{markdown(rows)}\n")):
+                       (paths["md"], f"Machine: {machine()}\n\n{markdown(rows)}\n\n{PEAK_NOTE}\n")):
         atomic_write(path, lambda f, text=text: f.write(text), binary=False)
     bar_chart(rows, paths["png"])
     return paths
@@ -351,6 +436,7 @@ def main(argv=None) -> int:
     paths = write_results(rows, args.tag or ("short" if args.short else "full"))
     print()
     print(markdown(rows))
+    print(f"\n{PEAK_NOTE}")
     print(f"\nwritten: {', '.join(paths.values())}")
     return 0
 

@@ -29,6 +29,8 @@ def test_model_throughput(benchmark, model_name, batch, config):
         if str(e).startswith("WRONG OUTPUT"):
             pytest.fail(f"{config}: {e}")
         pytest.skip(str(e))
-    benchmark.extra_info.update(compare.bytes_moved(model_name, batch), rel_err_vs_eager=err, batch=batch)
+    peak = None if config in compare.FOREIGN_RUNTIMES else compare.peak_memory_mb(fn, xin)
+    benchmark.extra_info.update(compare.bytes_moved(model_name, batch), rel_err_vs_eager=err, batch=batch,
+                                peak_mb=peak)
     with torch.no_grad():
         benchmark.pedantic(fn, args=(xin,), rounds=5, warmup_rounds=2, iterations=1)
