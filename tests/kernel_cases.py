@@ -86,11 +86,13 @@ def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
 
 def assert_accurate(out: torch.Tensor, ref64: torch.Tensor, eager_same_dtype: Optional[torch.Tensor] = None,
                     what: str = "") -> None:
-    """fp32: rel err <= 1e-5. fp16/bf16: rel err <= 2x eager's own (floored at half an ulp)."""
+    """fp32: rel err <= 1e-5. fp16/bf16: rel err <= 2x eager's own (floored at half an ulp). An fp32
+    output of a low-precision op (K2's channel sums of a bf16 conv) is held to the low-precision
+    bound when eager's output at that dtype is given: eager's own sums are of its rounded output."""
     assert out.shape == ref64.shape, f"{what}: shape {tuple(out.shape)} != {tuple(ref64.shape)}"
     assert not torch.isnan(out).any(), f"{what}: NaN in output (unwritten element?)"
     err = rel_err(out, ref64)
-    if out.dtype in (torch.float32, torch.float64):
+    if out.dtype in (torch.float32, torch.float64) and eager_same_dtype is None:
         assert err <= FP32_RTOL, f"{what}: relative error {err:.3g} > {FP32_RTOL}"
     else:
         assert eager_same_dtype is not None, "low-precision checks need eager's output at that dtype"

@@ -51,11 +51,11 @@ def conv_supports(*, x, weight, bias=None, stride=1, padding=None, groups=1, res
     return reasons
 
 
-# Measured per-shape choices (bench/NOTES.md, "oneDNN with prepacked weights"): for fp32 on an
-# AVX-512 CPU, oneDNN's conv with bias, ReLU and the residual add in its post-ops, fed weights
+# Measured per-shape choices (bench/NOTES.md, "oneDNN with prepacked weights"): for fp32 (and bf16,
+# below) on an AVX-512 CPU, oneDNN's conv with bias, ReLU and the residual add in its post-ops, fed weights
 # reordered once into its blocked layout, beat our at::vec kernels on the RegNetY/X-400MF convs:
 # grouped 3x3 1.2-1.9x and 1x1 1.1-1.4x at batch 16, most shapes at batch 1, the stem 1.7-2.5x.
-# Our kernels keep bf16/fp16, CPUs without AVX-512, strided (non-dense) activations, which they
+# Our kernels keep fp16, CPUs without AVX-512, strided (non-dense) activations, which they
 # read in place where oneDNN would copy, and torch.compile (which traces our custom ops; Inductor
 # does its own oneDNN packing when freezing). K2's SE sums are then a separate pass of our
 # channel_sums kernel (oneDNN cannot emit them): still faster than our fused conv + sums kernel.
@@ -68,6 +68,10 @@ ONEDNN_ENABLED = os.environ.get("REGNET_KERNELS_CPU_ONEDNN", "1") != "0"
 _AVX512 = torch.backends.cpu.get_cpu_capability() == "AVX512"
 _HAS_ONEDNN = hasattr(torch.ops.mkldnn, "_convolution_pointwise") and hasattr(
     torch.ops.mkldnn, "_reorder_convolution_weight")
+# bf16 where oneDNN has native bf16 (AVX512-BF16 / AMX): 2-5x its fp32 speed here, 3-8x our bf16
+# kernel at batch 16 (NOTES.md). fp16 stays ours (not measured faster).
+ONEDNN_DTYPES = (torch.float32,) + ((torch.bfloat16,) if torch.backends.mkldnn.is_available()
+                                    and torch.ops.mkldnn._is_mkldnn_bf16_supported() else ())
 
 
 def onednn_routes() -> str:
@@ -76,7 +80,8 @@ def onednn_routes() -> str:
                                    (_HAS_ONEDNN, "torch lacks mkldnn._convolution_pointwise")) if not ok]
     if why_not:
         return "cpu backend oneDNN routes: off (" + ", ".join(why_not) + "): our kernels serve every conv"
-    return (f"cpu backend oneDNN routes: on for fp32 dense channels-last convs (prepacked weights), "
+    dtypes = "/".join(str(d).replace("torch.", "") for d in ONEDNN_DTYPES)
+    return (f"cpu backend oneDNN routes: on for {dtypes} dense channels-last convs (prepacked weights), "
             f"gated 1x1 from {ONEDNN_GATED_MIN_WEIGHTS} weights; REGNET_KERNELS_CPU_ONEDNN=0 turns them off")
 
 
@@ -86,7 +91,7 @@ def _dense_cl(t) -> bool:
 
 def _use_onednn(x, weight, groups, residual) -> bool:
     k = weight.shape[-1]
-    return (ONEDNN_ENABLED and x.dtype == torch.float32 and _AVX512 and _HAS_ONEDNN and _dense_cl(x) and _dense_cl(residual)
+    return (ONEDNN_ENABLED and x.dtype in ONEDNN_DTYPES and _AVX512 and _HAS_ONEDNN and _dense_cl(x) and _dense_cl(residual)
             and k in (1, 3)
             and not torch.compiler.is_compiling())
 
@@ -123,6 +128,11 @@ def _onednn_conv(x, weight, bias, stride, padding, groups, residual, relu):
     args = ([padding] * 2, [stride] * 2, [1, 1], groups)
     if residual is None:
         return torch.ops.mkldnn._convolution_pointwise(x, w, bias, *args, "relu" if relu else "none", [None], "")
+    if x.dtype == torch.bfloat16:
+        # torch's bf16 binary post-op path asserts (add_relu has no bf16 kernel): add and ReLU in
+        # place on the fresh output instead, two passes at 2 bytes per element.
+        y = torch.ops.mkldnn._convolution_pointwise(x, w, bias, *args, "none", [None], "").add_(residual)
+        return y.relu_() if relu else y
     # The binary form takes no unary post-op as None ("none" is rejected there).
     return torch.ops.mkldnn._convolution_pointwise.binary(x, residual, w, bias, *args, "add", None,
                                                           "relu" if relu else None, [], "")
