@@ -296,8 +296,7 @@ FOREIGN_RUNTIMES = {"onnxruntime", "openvino_fp32", "openvino_bf16"}
 def peak_memory_mb(fn: Callable, x: torch.Tensor) -> float:
     """Peak of the memory allocated through torch during one forward, above what was allocated
     before it (activations and workspaces; weights excluded), in MiB. On a GPU: the CUDA
-    allocator's peak. On the CPU: the profiler's memory records, replayed in order over the
-    top-level ops and frees (an op's temporaries freed inside it are not seen: a lower bound)."""
+    allocator's peak. On the CPU: the profiler's allocation records, replayed in order."""
     from torch.profiler import ProfilerActivity, profile
 
     with torch.no_grad():
@@ -310,11 +309,17 @@ def peak_memory_mb(fn: Callable, x: torch.Tensor) -> float:
             return (torch.cuda.max_memory_allocated() - base) / 2 ** 20
         with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
             fn(x)
-    events = sorted((e for e in prof.events() if e.cpu_parent is None and e.cpu_memory_usage),
-                    key=lambda e: e.time_range.start)
+    # The trace's "[memory]" records are the raw allocations and frees, op or no op (a compiled
+    # region's inner buffers included); replayed in time order, their running sum peaks here.
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "trace.json")
+        prof.export_chrome_trace(path)
+        with open(path) as f:
+            trace = json.load(f)
+    records = sorted((e["ts"], e["args"]["Bytes"]) for e in trace["traceEvents"] if e.get("name") == "[memory]")
     live = peak = 0
-    for e in events:
-        live += e.cpu_memory_usage
+    for _, delta in records:
+        live += delta
         peak = max(peak, live)
     return peak / 2 ** 20
 
