@@ -15,6 +15,7 @@ the card's bandwidth when a GPU runs them.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import os
@@ -89,6 +90,9 @@ def _eager_folded(model, x):
 def _compile(model, x, freezing=False, mode=None):
     import torch._inductor.config as inductor_config
 
+    # A fresh dynamo cache: otherwise a second compile row reuses the first row's graph (compiled
+    # with the other freezing setting), and the row measures the wrong configuration.
+    torch._dynamo.reset()
     inductor_config.freezing = freezing
     m = copy.deepcopy(model).to(memory_format=torch.channels_last)
     compiled = torch.compile(m, mode=mode)
@@ -293,6 +297,20 @@ PEAK_NOTE = ("peak MB: memory allocated through torch during one forward above w
 FOREIGN_RUNTIMES = {"onnxruntime", "openvino_fp32", "openvino_bf16"}
 
 
+@contextlib.contextmanager
+def _native_stderr_silenced():
+    """The profiler's native library logs start/stop lines on fd 2 at every use; the table is the output."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def peak_memory_mb(fn: Callable, x: torch.Tensor) -> float:
     """Peak of the memory allocated through torch during one forward, above what was allocated
     before it (activations and workspaces; weights excluded), in MiB. On a GPU: the CUDA
@@ -307,7 +325,7 @@ def peak_memory_mb(fn: Callable, x: torch.Tensor) -> float:
             fn(x)
             torch.cuda.synchronize()
             return (torch.cuda.max_memory_allocated() - base) / 2 ** 20
-        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        with _native_stderr_silenced(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
             fn(x)
     # The trace's "[memory]" records are the raw allocations and frees, op or no op (a compiled
     # region's inner buffers included); replayed in time order, their running sum peaks here.
