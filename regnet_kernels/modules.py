@@ -7,6 +7,11 @@ Schedule (../shared/DESIGN.md section 1), each line one op of regnet_kernels:
     K4  y = gated_conv1x1(b, gate) + bias + shortcut + ReLU    (X: conv_bn_act 1x1 + residual)
 The projection shortcut (1x1 stride s) is one more conv_bn_act whose output K4 adds.
 
+On the cpu backend with fp32/bf16 channels-last activations the convs run as oneDNN convs with
+prepacked weights and fused bias/ReLU/residual (a measured choice, backends/cpu.py), K2's sums
+as a separate channel_sums pass, and Y blocks whose K4 oneDNN would serve gate in the SE op
+instead (FusedYBlock): K1, K2, se_gate, K4 as a plain 1x1 conv + residual + ReLU.
+
 The modules hold folded weights as buffers (inference only) and run whichever backend the
 dispatcher picks, or the one given. Activations stay in the layout they arrive in
 (channels_last is the kernels' native layout; FusedRegNet converts its input once).
