@@ -136,7 +136,8 @@ def _openvino(model, x, precision="f32"):
 
 def _optimize(model, x, dtype=torch.float32):
     fused = rk.optimize(model, dtype=dtype)
-    return (lambda inp: fused(inp).float()), x
+    # Channels-last input, as the other channels-last rows get (it would be converted inside).
+    return (lambda inp: fused(inp).float()), x.to(memory_format=torch.channels_last)
 
 
 def _needs_gpu(fn):

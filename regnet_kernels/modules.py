@@ -133,9 +133,13 @@ class FusedXBlock(_InferenceModule):
 
     def forward(self, x: Tensor) -> Tensor:
         self._check_eval()
-        a = self.a(x, backend=self.backend)
-        b = self.b(a, backend=self.backend)
-        return self.c(b, residual=self.shortcut(x), relu=True, backend=self.backend)
+        # Intermediates are dropped as soon as they are consumed (the shortcut first, as in the
+        # original block): holding K1's output through K4 raised the peak and made glibc hand the
+        # big freed chunks back to the OS and page-fault them in again on the next forward
+        # (regnetx_002 batch 16: 70 vs 57 ms per batch, bench/NOTES.md).
+        shortcut = self.shortcut(x)
+        b = self.b(self.a(x, backend=self.backend), backend=self.backend)
+        return self.c(b, residual=shortcut, relu=True, backend=self.backend)
 
 
 class FusedYBlock(FusedXBlock):
@@ -161,17 +165,20 @@ class FusedYBlock(FusedXBlock):
 
     def forward(self, x: Tensor) -> Tensor:
         self._check_eval()
-        a = self.a(x, backend=self.backend)
         shortcut = self.shortcut(x)
+        a = self.a(x, backend=self.backend)
         key = _signature(a, shortcut, flags=(self.backend,))
         if not torch.compiler.is_compiling() and self.gate_in_se.get(key, False):
             b = self.b(a, backend=self.backend)
+            del a  # dropped as soon as consumed (see FusedXBlock.forward)
             se = (self.se_w1, self.se_b1, self.se_w2, self.se_b2)
             w1, w2, run = self.resolved_se.get(_signature(b, flags=(self.backend,)),
                                                lambda: se_gate_op.resolve(b, *se, None, False, None, self.backend))
             gated = run(b, w1, self.se_b1, w2, self.se_b2, None, False, None)
+            del b
             return self.c(gated, residual=shortcut, relu=True, backend=self.backend)
         b, sums = self.b(a, channel_sums=True, backend=self.backend)
+        del a
         gate = se_excite(sums, b.shape[2] * b.shape[3], self.se_w1, self.se_b1, self.se_w2, self.se_b2)
         if not torch.compiler.is_compiling() and key not in self.gate_in_se:
             self.gate_in_se[key] = self.c.gates_in_separate_pass(b, gate, shortcut, backend=self.backend)
