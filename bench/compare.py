@@ -4,8 +4,8 @@
     python bench/compare.py --models regnety_004 --batches 16 --configs eager_nchw optimize
     pytest bench/test_bench_models.py --benchmark-enable   # the same rows through pytest-benchmark
 
-Every row first checks its output against eager fp32 (a wrong fast path is not a result), then
-times whole forward passes. Results: a markdown table (images/s and the ratio to eager NCHW
+Every row first checks its output against eager fp32 (a wrong fast path is not a result); the rows
+of one (model, batch) are then timed interleaved, round by round (whole forward passes). Results: a markdown table (images/s and the ratio to eager NCHW
 measured in the same run), JSON, and a bar chart (PNG) in bench/results/. Rows that cannot run
 here (no GPU, a package missing) are listed as skipped with the reason. The expected bytes moved
 per forward (eager versus the fused schedule) are printed so GPU figures can be judged against
@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import itertools
 import json
 import os
 import platform
@@ -24,6 +25,7 @@ import statistics
 import sys
 import tempfile
 import time
+import types
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Dict, List, Optional
 
@@ -87,16 +89,30 @@ def _eager_folded(model, x):
     return fold_model_bn(model).to(memory_format=torch.channels_last), x.to(memory_format=torch.channels_last)
 
 
+_COMPILED_ROWS = itertools.count()
+
+
 def _compile(model, x, freezing=False, mode=None):
+    """torch.compile of a channels-last copy, compiled (and frozen) here, on the first call.
+
+    Dynamo caches compiled graphs per code object, and with nn modules inlined two compiled copies
+    of one model share AnyNet.forward's: a second compile row would silently reuse the first
+    row's graph (checked: torch._dynamo's unique_graphs stays 1). Each row therefore compiles a
+    forwarding function with a code object of its own, so rows can be timed interleaved."""
     import torch._inductor.config as inductor_config
 
-    # A fresh dynamo cache: otherwise a second compile row reuses the first row's graph (compiled
-    # with the other freezing setting), and the row measures the wrong configuration.
-    torch._dynamo.reset()
-    inductor_config.freezing = freezing
     m = copy.deepcopy(model).to(memory_format=torch.channels_last)
-    compiled = torch.compile(m, mode=mode)
-    return compiled, x.to(memory_format=torch.channels_last)
+
+    def forward(inp):
+        return m(inp)
+
+    own = types.FunctionType(forward.__code__.replace(co_name=f"compiled_row_{next(_COMPILED_ROWS)}"),
+                             forward.__globals__, forward.__name__, None, forward.__closure__)
+    compiled = torch.compile(own, mode=mode)
+    xin = x.to(memory_format=torch.channels_last)
+    with inductor_config.patch(freezing=freezing), torch.no_grad():
+        compiled(xin)
+    return compiled, xin
 
 
 def _onnx_path(model, x) -> str:
@@ -343,20 +359,36 @@ def peak_memory_mb(fn: Callable, x: torch.Tensor) -> float:
     return peak / 2 ** 20
 
 
-def run_row(model_name: str, batch: int, config: str, min_time: float, resolution: int = 224) -> Row:
-    row = Row(model_name, batch, config)
-    try:
-        fn, xin, row.rel_err_vs_eager = prepare(model_name, batch, config, resolution)
-    except Skip as e:
-        row.skipped = str(e)
-        return row
+def run_group(model_name: str, batch: int, configs: List[str], min_time: float, resolution: int = 224,
+              rounds: int = 5) -> List[Row]:
+    """Rows of one (model, batch), timed side by side: every row is built and checked first, then
+    timed in `rounds` interleaved rounds of min_time / rounds each, so a burst of load from other
+    processes on a shared machine hits all rows alike. Images/s from each row's median forward."""
+    rows, ready = [], {}
+    for config in configs:
+        row = Row(model_name, batch, config)
+        try:
+            fn, xin, row.rel_err_vs_eager = prepare(model_name, batch, config, resolution)
+            ready[config] = (fn, xin, [])
+        except Skip as e:
+            row.skipped = str(e)
+        rows.append(row)
     with torch.no_grad():
-        times = time_forward(fn, xin, min_time)
-    row.ms_per_batch = statistics.median(times) * 1e3
-    row.images_per_s = batch / statistics.median(times)
-    if config not in FOREIGN_RUNTIMES:
-        row.peak_mb = peak_memory_mb(fn, xin)
-    return row
+        for _ in range(rounds):
+            for fn, xin, times in ready.values():
+                times.extend(time_forward(fn, xin, min_time / rounds, min_iters=1))
+    for row in rows:
+        if row.config in ready:
+            fn, xin, times = ready[row.config]
+            row.ms_per_batch = statistics.median(times) * 1e3
+            row.images_per_s = batch / statistics.median(times)
+            if row.config not in FOREIGN_RUNTIMES:
+                row.peak_mb = peak_memory_mb(fn, xin)
+    return rows
+
+
+def run_row(model_name: str, batch: int, config: str, min_time: float, resolution: int = 224) -> Row:
+    return run_group(model_name, batch, [config], min_time, resolution, rounds=1)[0]
 
 
 def add_ratios(rows: List[Row]) -> None:
@@ -449,13 +481,13 @@ def main(argv=None) -> int:
             print(f"{model_name} batch {batch}: expected activation bytes per forward at fp16: eager "
                   f"{est['eager_bytes'] / 1e6:.0f} MB, fused {est['fused_bytes'] / 1e6:.0f} MB "
                   f"({est['eager_bytes'] / est['fused_bytes']:.1f}x less)", flush=True)
-            for config in args.configs:
-                row = run_row(model_name, batch, config, args.min_time)
+            group = run_group(model_name, batch, args.configs, args.min_time)
+            for row in group:
                 row.extra.update(est)
-                rows.append(row)
-                print(f"  {config:26s} " + (f"skipped: {row.skipped}" if row.skipped else
-                                           f"{row.images_per_s:8.1f} img/s  (rel err {row.rel_err_vs_eager:.1e})"),
+                print(f"  {row.config:26s} " + (f"skipped: {row.skipped}" if row.skipped else
+                                               f"{row.images_per_s:8.1f} img/s  (rel err {row.rel_err_vs_eager:.1e})"),
                       flush=True)
+            rows.extend(group)
     add_ratios(rows)
     paths = write_results(rows, args.tag or ("short" if args.short else "full"))
     print()

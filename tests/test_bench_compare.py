@@ -50,3 +50,23 @@ def test_row_is_checked_timed_and_measured():
         assert r.images_per_s > 0 and r.rel_err_vs_eager <= 1e-3 and r.peak_mb > 0
     table = compare.markdown(rows)
     assert "| regnetx_002 | 1 | optimize |" in table and "peak MB" in table
+
+
+def test_compile_rows_do_not_share_a_graph():
+    """Two compile rows of copies of one model must each get their own graph (dynamo caches per
+    code object; a shared graph would time the first row's configuration twice)."""
+    from torch._dynamo.utils import counters
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.BatchNorm2d(8), torch.nn.ReLU()).eval()
+    x = torch.randn(1, 3, 8, 8)
+    before = counters["stats"]["unique_graphs"]
+    plain, xin = compare._compile(model, x, freezing=False)
+    frozen, _ = compare._compile(model, x, freezing=True)
+    assert counters["stats"]["unique_graphs"] - before == 2
+    with torch.no_grad():
+        ref = model(x)
+        for _ in range(2):  # interleaved calls: no recompilation, both still right
+            for fn in (plain, frozen):
+                assert (fn(xin) - ref).abs().max().item() <= 1e-5
+    assert counters["stats"]["unique_graphs"] - before == 2
