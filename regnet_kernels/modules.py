@@ -101,6 +101,19 @@ class FusedConv(nn.Module):
             lambda: conv_op.resolve(x, w, b, self.stride, None, self.groups, residual, relu, channel_sums, backend))
         return run(x, w, b, self.stride, padding, self.groups, residual, relu, channel_sums)
 
+    def into_residual(self, x: Tensor, residual: Tensor, backend: Optional[str] = None) -> Tensor:
+        """This conv of x + bias + residual, ReLU, written into `residual` where the chosen backend
+        can (the caller owns `residual` and no longer needs it), else into a new tensor."""
+        w, b = self.weight, self.bias
+        padding, run = self.resolved.get(
+            _signature(x, residual, w, flags=(True, False, backend)),
+            lambda: conv_op.resolve(x, w, b, self.stride, None, self.groups, residual, True, False, backend))
+        if run is cpu_backend.conv_run:
+            y = cpu_backend.conv_into_residual(x, w, b, self.stride, padding, self.groups, residual, True)
+            if y is not None:
+                return y
+        return run(x, w, b, self.stride, padding, self.groups, residual, True, False)
+
     def gated(self, x: Tensor, gate: Tensor, residual: Optional[Tensor], backend: Optional[str] = None) -> Tensor:
         """K4: this 1x1 conv of x * gate[n, c], + bias + residual, ReLU."""
         w, b = self.weight, self.bias
@@ -117,7 +130,17 @@ class FusedConv(nn.Module):
 
 
 class FusedXBlock(_InferenceModule):
-    """X block: K1, K2, [projection], K4 (1x1 + bias + shortcut + ReLU)."""
+    """X block: K1, K2, [projection], K4 (1x1 + bias + shortcut + ReLU).
+
+    K4 writes its output into the shortcut's buffer where the backend can (oneDNN's in-place sum
+    on the cpu backend) when the block owns that buffer: always for a projection shortcut (a fresh
+    tensor), and for the identity shortcut only when `input_is_scratch` is set, i.e. nobody else
+    holds the block's input. FusedRegNet sets it on its blocks (their inputs are its own
+    intermediates, as with the original blocks' in-place ReLU); a standalone block leaves its
+    input untouched.
+    """
+
+    input_is_scratch: bool = False
 
     def __init__(self, block: nn.Module, dtype: torch.dtype, backend: Optional[str] = None):
         super().__init__()
@@ -139,7 +162,13 @@ class FusedXBlock(_InferenceModule):
         # (regnetx_002 batch 16: 70 vs 57 ms per batch, bench/NOTES.md).
         shortcut = self.shortcut(x)
         b = self.b(self.a(x, backend=self.backend), backend=self.backend)
-        return self.c(b, residual=shortcut, relu=True, backend=self.backend)
+        return self.k4(b, shortcut)
+
+    def k4(self, x: Tensor, shortcut: Tensor) -> Tensor:
+        """The last 1x1 conv + bias + shortcut + ReLU, into the shortcut's buffer when it is ours."""
+        if self.proj is not None or self.input_is_scratch:
+            return self.c.into_residual(x, shortcut, backend=self.backend)
+        return self.c(x, residual=shortcut, relu=True, backend=self.backend)
 
 
 class FusedYBlock(FusedXBlock):
@@ -176,7 +205,7 @@ class FusedYBlock(FusedXBlock):
                                                lambda: se_gate_op.resolve(b, *se, None, False, None, self.backend))
             gated = run(b, w1, self.se_b1, w2, self.se_b2, None, False, None)
             del b
-            return self.c(gated, residual=shortcut, relu=True, backend=self.backend)
+            return self.k4(gated, shortcut)
         b, sums = self.b(a, channel_sums=True, backend=self.backend)
         del a
         gate = se_excite(sums, b.shape[2] * b.shape[3], self.se_w1, self.se_b1, self.se_w2, self.se_b2)
@@ -216,7 +245,10 @@ class FusedRegNet(_InferenceModule):
     """An optimized RegNet: fused stem, stages of fused blocks, head.
 
     Input is converted once to `memory_format` and `dtype`; every activation after that stays
-    in that layout. Child names follow the source model (stem, s1..sN, head).
+    in that layout. Child names follow the source model (stem, s1..sN, head). Inside a stage a
+    block may write its output into its input's buffer (FusedXBlock.input_is_scratch), so a
+    forward hook that keeps a block's input sees it overwritten, as with the original model's
+    in-place ReLUs; the model's input and each stage's output are never overwritten.
     """
 
     def __init__(self, model: nn.Module, dtype: torch.dtype = torch.float32,
@@ -234,7 +266,9 @@ class FusedRegNet(_InferenceModule):
                 for blk in stage.children():
                     assert isinstance(blk, Xblock)
                     cls = FusedYBlock if blk.f.se is not None else FusedXBlock
-                    blocks.append(cls(blk, dtype, backend))
+                    fused = cls(blk, dtype, backend)
+                    fused.input_is_scratch = True  # inputs are this model's own intermediates
+                    blocks.append(fused)
                 self.add_module(name, nn.Sequential(*blocks))
                 self.stage_names.append(name)
         self.head = FusedHead(model.head, dtype)

@@ -83,6 +83,33 @@ def test_y_blocks_take_both_schedules_and_agree():
     assert True in schedules and False in schedules, schedules
 
 
+def test_blocks_reuse_only_buffers_they_own():
+    """K4 may write into the shortcut's buffer: a standalone block must leave its input alone
+    (identity shortcut), and a FusedRegNet must leave the caller's input and stage outputs alone."""
+    model = _randomize_bn(regnet.create_model("regnetx_002"))
+    fused = rk.optimize(model)
+    blk_src, blk = list(model.s3.children())[1], fused.s3[1]
+    assert blk.proj is None, "needs an identity-shortcut block"
+    standalone = rk.FusedXBlock(blk_src, torch.float32).eval()
+    x = torch.randn(2, blk_src.f.a.in_channels, 9, 9).to(memory_format=torch.channels_last)
+    kept = x.clone()
+    with torch.no_grad():
+        for _ in range(2):
+            y = standalone(x)
+            assert torch.equal(x, kept), "a standalone block overwrote its input"
+            assert (y - blk_src(x)).abs().max().item() <= 1e-4
+    inp = torch.randn(2, 3, 64, 64).to(memory_format=torch.channels_last)
+    kept_inp, stage_outs = inp.clone(), []
+    for name in fused.stage_names:
+        getattr(fused, name).register_forward_hook(lambda m, i, o: stage_outs.append((o, o.clone())))
+    with torch.no_grad():
+        out = fused(inp)
+    assert torch.equal(inp, kept_inp)
+    assert all(torch.equal(o, c) for o, c in stage_outs) and len(stage_outs) == len(fused.stage_names)
+    with torch.no_grad():
+        assert (out - model(inp)).abs().max().item() <= 1e-4
+
+
 def test_bf16_within_twice_eager_error():
     model = _randomize_bn(regnet.create_model("regnety_002"))
     x = torch.randn(2, 3, 64, 64)

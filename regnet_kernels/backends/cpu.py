@@ -138,6 +138,18 @@ def _onednn_conv(x, weight, bias, stride, padding, groups, residual, relu):
                                                           "relu" if relu else None, [], "")
 
 
+def conv_into_residual(x, weight, bias, stride, padding, groups, residual, relu):
+    """conv(x) + bias + residual [+ ReLU] written into `residual`, for callers that own it and no
+    longer need it (a fused block's shortcut). oneDNN's in-place sum post-op saves the output
+    allocation: 7-17% per call at batch 16, 7-9% at batch 1 (NOTES.md). None when this route does
+    not apply (the caller then runs the op as usual). fp32 only: torch's bf16 path differs."""
+    if x.dtype != torch.float32 or not _use_onednn(x, weight, groups, residual):
+        return None
+    w = packed_weight(weight, padding, stride, groups, x.shape)
+    return torch.ops.mkldnn._convolution_pointwise_.binary(
+        residual, x, w, bias, [padding] * 2, [stride] * 2, [1, 1], groups, "add", 1.0, "relu" if relu else None, [], "")
+
+
 def conv_run(x, weight, bias, stride, padding, groups, residual, relu, channel_sums):
     if _use_onednn(x, weight, groups, residual):
         y = _onednn_conv(x, weight, bias, stride, padding, groups, residual, relu)
