@@ -311,3 +311,21 @@ def test_gated_conv1x1_onednn_route(n, c_in, c_out, hw, onednn_route):
     assert takes_onednn == (c_in >= 208), "the test shapes no longer straddle the threshold"
     check_against_reference(rk.gated_conv1x1, (x, gate, w, randn(c_out)), {"residual": res}, torch.float32,
                             f"gated {n}x{c_in}->{c_out} {hw}x{hw} ({'oneDNN' if takes_onednn else 'ours'})")
+
+
+@pytest.mark.parametrize("relu", (True, False))
+@pytest.mark.parametrize("case", pointwise_cases()[:2] + grouped_cases(seed=7, per_width=1)[:2], ids=str)
+def test_conv_into_residual(case, relu, onednn_route):
+    """The fused blocks' K4 into the shortcut's buffer: right values, in that buffer; declined
+    (None, the caller then allocates) for bf16 and for strided residuals."""
+    x, w, b = conv_inputs(case, torch.float32)
+    res = random_tensor((case.n, case.c_out) + out_hw(case), torch.float32, True, False, GEN)
+    ref = rk.conv_bn_act(to64(x), to64(w), to64(b), stride=case.stride, groups=case.groups, residual=to64(res),
+                         relu=relu, backend="eager")
+    y = cpu_backend.conv_into_residual(x, w, b, case.stride, (case.k - 1) // 2, case.groups, res, relu)
+    assert y.data_ptr() == res.data_ptr()
+    assert_accurate(y, ref, what=f"{case} into residual")
+    strided = random_tensor(tuple(res.shape), torch.float32, True, True, GEN)
+    assert cpu_backend.conv_into_residual(x, w, b, case.stride, (case.k - 1) // 2, case.groups, strided, relu) is None
+    assert cpu_backend.conv_into_residual(x.bfloat16(), w.bfloat16(), b.bfloat16(), case.stride, (case.k - 1) // 2,
+                                          case.groups, res.bfloat16(), relu) is None

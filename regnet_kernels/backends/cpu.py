@@ -123,11 +123,14 @@ def packed_weight(weight, padding, stride, groups, x_shape):
     return packed
 
 
-def _onednn_conv(x, weight, bias, stride, padding, groups, residual, relu):
+def _onednn_conv(x, weight, bias, stride, padding, groups, residual, relu, into_residual=False):
     w = packed_weight(weight, padding, stride, groups, x.shape)
     args = ([padding] * 2, [stride] * 2, [1, 1], groups)
     if residual is None:
         return torch.ops.mkldnn._convolution_pointwise(x, w, bias, *args, "relu" if relu else "none", [None], "")
+    if into_residual:  # fp32 (conv_into_residual): the in-place sum post-op writes into residual
+        return torch.ops.mkldnn._convolution_pointwise_.binary(residual, x, w, bias, *args, "add", 1.0,
+                                                               "relu" if relu else None, [], "")
     if x.dtype == torch.bfloat16:
         # torch's bf16 binary post-op path asserts (add_relu has no bf16 kernel): add and ReLU in
         # place on the fresh output instead, two passes at 2 bytes per element.
@@ -145,9 +148,7 @@ def conv_into_residual(x, weight, bias, stride, padding, groups, residual, relu)
     not apply (the caller then runs the op as usual). fp32 only: torch's bf16 path differs."""
     if x.dtype != torch.float32 or not _use_onednn(x, weight, groups, residual):
         return None
-    w = packed_weight(weight, padding, stride, groups, x.shape)
-    return torch.ops.mkldnn._convolution_pointwise_.binary(
-        residual, x, w, bias, [padding] * 2, [stride] * 2, [1, 1], groups, "add", 1.0, "relu" if relu else None, [], "")
+    return _onednn_conv(x, weight, bias, stride, padding, groups, residual, relu, into_residual=True)
 
 
 def conv_run(x, weight, bias, stride, padding, groups, residual, relu, channel_sums):
