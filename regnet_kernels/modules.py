@@ -263,11 +263,13 @@ class FusedRegNet(_InferenceModule):
         for name, stage in model.named_children():
             if name.startswith("s") and name[1:].isdigit():
                 blocks = []
-                for blk in stage.children():
+                for i, blk in enumerate(stage.children()):
                     assert isinstance(blk, Xblock)
                     cls = FusedYBlock if blk.f.se is not None else FusedXBlock
                     fused = cls(blk, dtype, backend)
-                    fused.input_is_scratch = True  # inputs are this model's own intermediates
+                    # Inside a stage the inputs are this model's own intermediates; a stage's
+                    # input (the previous stage's output) is left alone.
+                    fused.input_is_scratch = i > 0
                     blocks.append(fused)
                 self.add_module(name, nn.Sequential(*blocks))
                 self.stage_names.append(name)
