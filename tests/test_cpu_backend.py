@@ -132,8 +132,8 @@ def test_conv_bf16_onednn_route(case, onednn_route):
 
 @pytest.mark.parametrize("case", [c for c in grouped_cases(seed=3) if c.c_in // c.groups == 8], ids=str)
 def test_native_conv_group_width_8(case):
-    """The cpu backend hands fp32 group-width-8 convs without residual/sums to oneDNN (see
-    backends/cpu.py); the native kernel must still be right for them when called directly."""
+    """The native op called directly at group width 8 (half-filled vectors, the kernel's odd case),
+    on more shapes than test_conv_fp32 draws; the backend sends these to oneDNN on AVX-512."""
     x, w, b = conv_inputs(case, torch.float32)
     with poison_outputs():
         y = OPS.conv_bn_act(x, w, b, case.stride, 1, case.groups, None, True)
