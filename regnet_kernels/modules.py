@@ -201,9 +201,9 @@ class FusedYBlock(FusedXBlock):
             b = self.b(a, backend=self.backend)
             del a  # dropped as soon as consumed (see FusedXBlock.forward)
             se = (self.se_w1, self.se_b1, self.se_w2, self.se_b2)
-            w1, w2, run = self.resolved_se.get(_signature(b, flags=(self.backend,)),
-                                               lambda: se_gate_op.resolve(b, *se, None, False, None, self.backend))
-            gated = run(b, w1, self.se_b1, w2, self.se_b2, None, False, None)
+            run = self.resolved_se.get(_signature(b, flags=(self.backend,)),
+                                       lambda: se_gate_op.resolve(b, *se, None, False, None, self.backend))
+            gated = run(b, *se, None, False, None)
             del b
             return self.k4(gated, shortcut)
         b, sums = self.b(a, channel_sums=True, backend=self.backend)

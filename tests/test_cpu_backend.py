@@ -151,7 +151,9 @@ def test_conv_low_precision(case, dtype, native_route):
 
 
 # SE shapes: every zoo width family, C not a multiple of the vector width, 1x1 and odd maps.
-SE_SHAPES = ((1, 48, 7, 7), (2, 104, 13, 13), (2, 13, 8, 8), (1, 440, 1, 1), (3, 208, 15, 15), (2, 232, 7, 9))
+# Both sides of se_gate's thresholds: maps split across threads or not (32K elements per task) and
+# the MLP split across samples or not (64K FMAs per task: the last shape).
+SE_SHAPES = ((1, 48, 7, 7), (2, 104, 13, 13), (2, 13, 8, 8), (1, 440, 1, 1), (3, 208, 15, 15), (2, 232, 7, 9), (4, 440, 3, 5))
 
 
 def se_inputs(shape, dtype, channels_last=True, noncontig=False, from_sums=False, residual=False):

@@ -130,6 +130,33 @@ def test_eager_is_always_available_and_auto_picks_a_backend():
     assert name == next(n for n in dispatch.AUTO_ORDER if not verdicts[n])
 
 
+def _sample_args(op):
+    """Arguments every backend could plausibly take: fp32 channels_last on the CPU."""
+    x = random_tensor((2, 16, 7, 7), torch.float32).to(memory_format=torch.channels_last)
+    if op == "conv_bn_act":
+        return dict(x=x, weight=torch.randn(16, 8, 3, 3), bias=torch.randn(16), stride=1, padding=1, groups=2,
+                    residual=None, relu=True, channel_sums=False)
+    if op == "se_gate":
+        return dict(x=x, w1=torch.randn(4, 16), b1=torch.randn(4), w2=torch.randn(16, 4), b2=torch.randn(16),
+                    residual=None, relu=True, sums=None)
+    return dict(x=x, gate=torch.rand(2, 16), weight=torch.randn(8, 16), bias=torch.randn(8), residual=None,
+                relu=True)
+
+
+@pytest.mark.parametrize("op", ["conv_bn_act", "se_gate", "gated_conv1x1"])
+def test_auto_device_prefilter_agrees_with_each_backends_own_verdict(op):
+    """select() skips backends whose AUTO_DEVICES exclude x's device without asking them: that
+    must be exactly what their supports() would say (else auto would miss a backend that can serve)."""
+    assert set(dispatch.AUTO_DEVICES) == set(dispatch.AUTO_ORDER)
+    args = _sample_args(op)
+    for name, reasons in rk.explain(op, **args):
+        devices = dispatch.AUTO_DEVICES[name]
+        if devices is not None and "cpu" not in devices:
+            assert reasons, f"{name} serves {op} on the CPU in auto mode, but AUTO_DEVICES skips it there"
+    name, _ = dispatch.select(op, None, **args)
+    assert name == next(n for n, r in rk.explain(op, **args) if not r)
+
+
 def test_forced_backend_that_cannot_serve_lists_its_reasons(monkeypatch):
     x, w, b = _conv_args()
     with pytest.raises(rk.BackendUnavailable, match="backend 'cuda' cannot serve.*not a CUDA device|cuda"):

@@ -114,9 +114,11 @@ def test_pointwise_and_stem_conv(i, case, dtype):
     run_conv_case(case, dtype, LAYOUTS[i % len(LAYOUTS)], EPILOGUES[i % len(EPILOGUES)])
 
 
-def se_params(c: int, c_se: int, dtype):
-    return (torch.randn(c_se, c).to(dtype) / c ** 0.5, torch.randn(c_se).to(dtype),
-            torch.randn(c, c_se).to(dtype) / c_se ** 0.5, torch.randn(c).to(dtype))
+def se_params(c: int, c_se: int, dtype, conv_shaped: bool = False):
+    """FC weights, or (conv_shaped) the 1x1 conv weights [out, in, 1, 1] the op also takes."""
+    tail = (1, 1) if conv_shaped else ()
+    return (torch.randn(c_se, c, *tail).to(dtype) / c ** 0.5, torch.randn(c_se).to(dtype),
+            torch.randn(c, c_se, *tail).to(dtype) / c_se ** 0.5, torch.randn(c).to(dtype))
 
 
 # (n, c, c_se, h, w): the zoo's SE widths are a quarter of the block input width (any integer).
@@ -131,7 +133,7 @@ def test_se_gate(i, shape, dtype, given_sums):
     channels_last, noncontig = LAYOUTS[i % len(LAYOUTS)]
     with_res, relu = EPILOGUES[i % len(EPILOGUES)][:2]
     x = random_tensor((n, c, h, w), dtype, channels_last, noncontig)
-    params = se_params(c, c_se, dtype)
+    params = se_params(c, c_se, dtype, conv_shaped=i % 2 == 1)
     residual = random_tensor((n, c, h, w), dtype, not channels_last) if with_res else None
     # Given sums are what K2 produces: fp32 sums of x (the triton conv's are checked above).
     sums = x.sum((2, 3), dtype=torch.float32) if given_sums else None

@@ -256,11 +256,30 @@ inline float dot(const float* a, const float* b, int64_t len) {
   int64_t i = 0;
   for (; i + kLanes <= len; i += kLanes) acc = at::vec::fmadd(Vec::loadu(a + i), Vec::loadu(b + i), acc);
   if (i < len) acc = at::vec::fmadd(Vec::loadu(a + i, len - i), Vec::loadu(b + i, len - i), acc);
-  __at_align__ float lanes[kLanes];
-  acc.store(lanes);
-  float s = 0.f;
-  for (int64_t l = 0; l < kLanes; ++l) s += lanes[l];
-  return s;
+  // A shuffle tree, not a loop over lanes: the second FC does one dot per channel.
+  return at::vec::vec_reduce_all<float>(std::plus<Vec>(), acc);
+}
+
+// se_gate's passes over x are cheap per element; below this many elements per task an OpenMP
+// region's fork and join (a few us on 2 threads) costs more than the second thread saves, so
+// small maps (batch 1 in the last stages) run on the calling thread.
+constexpr int64_t kSeMinTaskElements = 32768;
+
+inline int64_t se_grain_rows(int64_t row_elements) {
+  return std::max<int64_t>(1, kSeMinTaskElements / std::max<int64_t>(1, row_elements));
+}
+
+// The SE MLP of one sample: gate[c] = sigmoid(W2 relu(W1 mean + b1) + b2)[c], fp32.
+// `hidden` has room for c_se floats; `gate` holds the sample's sums on entry.
+inline void se_excite_sample(const SeProblem& p, float inv_hw, float* gate, float* hidden) {
+  for (int64_t c = 0; c < p.c; ++c) gate[c] *= inv_hw;
+  for (int64_t j = 0; j < p.c_se; ++j) hidden[j] = std::max(0.f, dot(p.w1 + j * p.c, gate, p.c) + p.b1[j]);
+  for (int64_t c = 0; c < p.c; ++c) gate[c] = dot(p.w2 + c * p.c_se, hidden, p.c_se) + p.b2[c];
+  // Vectorised sigmoid (Sleef's exp where the CPU has AVX2/AVX-512, 1 ulp).
+  const Vec one(1.f);
+  int64_t c = 0;
+  for (; c + kLanes <= p.c; c += kLanes) (one / (one + Vec::loadu(gate + c).neg().exp())).store(gate + c);
+  if (c < p.c) (one / (one + Vec::loadu(gate + c, p.c - c).neg().exp())).store(gate + c, p.c - c);
 }
 
 template <typename scalar_t>
@@ -270,10 +289,12 @@ void se_gate_typed(const SeProblem& p) {
   auto* y = static_cast<scalar_t*>(p.y);
   const int64_t rows = p.n * p.h;
 
-  // 1. Squeeze: per-row partial sums (parallel even at batch 1), then a sum over rows.
+  const int64_t grain = se_grain_rows(p.w * p.c);
+
+  // 1. Squeeze: per-row partial sums (rows in parallel, as batch 1 has one sample), then a sum over rows.
   const float* sums = p.sums;
   if (!sums) {
-    parallel_for(0, rows, 1, [&](int64_t r0, int64_t r1) {
+    parallel_for(0, rows, grain, [&](int64_t r0, int64_t r1) {
       for (int64_t r = r0; r < r1; ++r) {
         const scalar_t* xr = x + (r / p.h) * p.x_sn + (r % p.h) * p.x_sh;
         float* acc = p.row_sums + r * p.c;
@@ -291,23 +312,17 @@ void se_gate_typed(const SeProblem& p) {
     sums = p.gate;
   }
 
-  // 2. Excite: the MLP in fp32, one sample per task.
+  // 2. Excite: the MLP in fp32 on the gate buffer, in place; tasks of at least ~64K FMAs.
   const float inv_hw = 1.f / static_cast<float>(p.h * p.w);
-  parallel_for(0, p.n, 1, [&](int64_t n0, int64_t n1) {
-    std::vector<float> mean(p.c), hidden(p.c_se);
-    for (int64_t n = n0; n < n1; ++n) {
-      for (int64_t c = 0; c < p.c; ++c) mean[c] = sums[n * p.c + c] * inv_hw;
-      for (int64_t j = 0; j < p.c_se; ++j)
-        hidden[j] = std::max(0.f, dot(p.w1 + j * p.c, mean.data(), p.c) + p.b1[j]);
-      for (int64_t c = 0; c < p.c; ++c) {
-        const float z = dot(p.w2 + c * p.c_se, hidden.data(), p.c_se) + p.b2[c];
-        p.gate[n * p.c + c] = 1.f / (1.f + std::exp(-z));
-      }
-    }
+  if (sums != p.gate) std::memcpy(p.gate, sums, p.n * p.c * sizeof(float));
+  const int64_t mlp_grain = std::max<int64_t>(1, 65536 / std::max<int64_t>(1, 2 * p.c * p.c_se));
+  parallel_for(0, p.n, mlp_grain, [&](int64_t n0, int64_t n1) {
+    std::vector<float> hidden(p.c_se);
+    for (int64_t n = n0; n < n1; ++n) se_excite_sample(p, inv_hw, p.gate + n * p.c, hidden.data());
   });
 
   // 3. Scale: y = act(x * gate + residual), one pass over x.
-  parallel_for(0, rows, 1, [&](int64_t r0, int64_t r1) {
+  parallel_for(0, rows, grain, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
       const int64_t n = r / p.h, ih = r % p.h;
       const float* gate = p.gate + n * p.c;

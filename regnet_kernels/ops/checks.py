@@ -25,7 +25,7 @@ def check_tensor(name: str, t, *, dim: Optional[int] = None, shape: Optional[Seq
         raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
     if dim is not None and t.dim() != dim:
         fail(name, f"a {dim}-D tensor", f"{t.dim()}-D with shape {list(t.shape)}")
-    if shape is not None and list(t.shape) != list(shape):
+    if shape is not None and t.shape != tuple(shape):
         fail(name, f"shape {list(shape)}", list(t.shape))
     if t.dtype not in dtypes:
         fail(name, f"dtype in {[str(d) for d in dtypes]}", t.dtype)
@@ -79,43 +79,53 @@ def check_conv(x, weight, bias, stride, padding, groups, residual) -> Tuple[int,
     return padding, out_shape
 
 
-def as_matrix(name: str, w: Tensor, rows: Optional[int], cols: Optional[int]) -> Tensor:
-    """Accept an FC weight [rows, cols] or a 1x1 conv weight [rows, cols, 1, 1] (a view, no copy)."""
-    check_tensor(name, w)
-    if w.dim() == 4 and w.shape[2:] == (1, 1):
-        w = w.view(w.shape[0], w.shape[1]) if w.is_contiguous() else w[:, :, 0, 0]
-    if w.dim() != 2:
+def check_fc_weight(name: str, w, rows: Optional[int], cols: Optional[int], like: Optional[Tensor] = None
+                    ) -> Tuple[int, int]:
+    """Validate an FC weight [rows, cols] or a 1x1 conv weight [rows, cols, 1, 1]; return (rows, cols).
+    Makes no view (a view costs ~1 us, a lot for a batch-1 SE op): fc_matrix() does, where needed."""
+    check_tensor(name, w, like=like)
+    shape = w.shape
+    if len(shape) == 4 and shape[2] == 1 and shape[3] == 1:
+        shape = shape[:2]
+    if len(shape) != 2:
         fail(name, "a 2-D [out, in] or 1x1 conv [out, in, 1, 1] weight", list(w.shape))
-    if (rows is not None and w.shape[0] != rows) or (cols is not None and w.shape[1] != cols):
-        fail(name, f"shape [{rows if rows is not None else 'any'}, {cols if cols is not None else 'any'}]", list(w.shape))
-    return w
+    if (rows is not None and shape[0] != rows) or (cols is not None and shape[1] != cols):
+        fail(name, f"shape [{rows if rows is not None else 'any'}, {cols if cols is not None else 'any'}]", list(shape))
+    return shape[0], shape[1]
 
 
-def check_se(x, w1, b1, w2, b2, residual, sums):
-    """Validate se_gate's arguments; return (w1, w2) as 2-D matrices."""
+def fc_matrix(w: Tensor) -> Tensor:
+    """A checked FC weight as [out, in]: dropping 1x1 dims is always a view, whatever the strides."""
+    return w if w.dim() == 2 else w.reshape(w.shape[0], w.shape[1])
+
+
+def as_matrix(name: str, w, rows: Optional[int], cols: Optional[int], like: Optional[Tensor] = None) -> Tensor:
+    """check_fc_weight, then the weight as [out, in] (a view, no copy)."""
+    check_fc_weight(name, w, rows, cols, like)
+    return fc_matrix(w)
+
+
+def check_se(x, w1, b1, w2, b2, residual, sums) -> None:
+    """Validate se_gate's arguments (w1, w2 as FC or 1x1 conv weights). Runs on every public
+    se_gate call, which takes ~20 us in all at batch 1: kept lean."""
     check_tensor("x", x, dim=4)
     n, c = x.shape[0], x.shape[1]
-    w1 = as_matrix("w1", w1, None, c)
-    c_se = w1.shape[0]
-    w2 = as_matrix("w2", w2, c, c_se)
-    check_tensor("b1", b1, shape=[c_se], like=x)
-    check_tensor("b2", b2, shape=[c], like=x)
-    for name, t in (("w1", w1), ("w2", w2)):
-        check_tensor(name, t, like=x)
+    c_se, _ = check_fc_weight("w1", w1, None, c, like=x)
+    check_fc_weight("w2", w2, c, c_se, like=x)
+    check_tensor("b1", b1, shape=(c_se,), like=x)
+    check_tensor("b2", b2, shape=(c,), like=x)
     if residual is not None:
-        check_tensor("residual", residual, shape=list(x.shape), like=x)
+        check_tensor("residual", residual, shape=x.shape, like=x)
         check_same_dtype("residual", residual, x)
     if sums is not None:
-        check_tensor("sums", sums, shape=[n, c], like=x, dtypes=(torch.float32, torch.float64))
-    return w1, w2
+        check_tensor("sums", sums, shape=(n, c), like=x, dtypes=(torch.float32, torch.float64))
 
 
 def check_gated_conv1x1(x, gate, weight, bias, residual):
     """Validate gated_conv1x1's arguments; return (weight as [C_out, C_in], output shape)."""
     check_tensor("x", x, dim=4)
     n, c, h, w = x.shape
-    weight = as_matrix("weight", weight, None, c)
-    check_tensor("weight", weight, like=x)
+    weight = as_matrix("weight", weight, None, c, like=x)
     check_same_dtype("weight", weight, x)
     check_tensor("gate", gate, shape=[n, c], like=x)
     out_shape = (n, weight.shape[0], h, w)

@@ -16,17 +16,18 @@ from torch import Tensor
 
 from .. import dispatch
 from ._eager import eager_supports, epilogue
-from .checks import check_se
+from .checks import check_se, fc_matrix
 
 OP = "se_gate"
 
 
 def se_excite(sums: Tensor, hw: int, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor) -> Tensor:
-    """K3, the SE MLP on [N, C] sums of a map of hw pixels: fp32 gate [N, C] (float64 for float64)."""
+    """K3, the SE MLP on [N, C] sums of a map of hw pixels: fp32 gate [N, C] (float64 for float64).
+    w1, w2: FC weights or 1x1 conv weights."""
     acc = torch.float64 if sums.dtype == torch.float64 else torch.float32
     mean = sums.to(acc) / hw
-    hidden = torch.relu(F.linear(mean, w1.to(acc), b1.to(acc)))
-    return torch.sigmoid(F.linear(hidden, w2.to(acc), b2.to(acc)))
+    hidden = torch.relu(F.linear(mean, fc_matrix(w1).to(acc), b1.to(acc)))
+    return torch.sigmoid(F.linear(hidden, fc_matrix(w2).to(acc), b2.to(acc)))
 
 
 def se_gate(
@@ -49,15 +50,16 @@ def se_gate(
         residual: [N, C, H, W] added after gating (the block's shortcut); relu: ReLU last.
         sums: fp32 [N, C] sums of x over H, W, used instead of re-reading x for the mean.
     """
-    w1, w2, run = resolve(x, w1, b1, w2, b2, residual, relu, sums, backend)
+    run = resolve(x, w1, b1, w2, b2, residual, relu, sums, backend)
     return run(x, w1, b1, w2, b2, residual, relu, sums)
 
 
 def resolve(x, w1, b1, w2, b2, residual, relu, sums, backend):
-    """Check the arguments and pick the backend: (w1, w2 as matrices, implementation)."""
-    w1, w2 = check_se(x, w1, b1, w2, b2, residual, sums)
+    """Check the arguments and pick the backend: its implementation, which takes w1 and w2 as
+    given (FC or 1x1 conv weights)."""
+    check_se(x, w1, b1, w2, b2, residual, sums)
     _, run = dispatch.select(OP, backend, x=x, w1=w1, b1=b1, w2=w2, b2=b2, residual=residual, relu=relu, sums=sums)
-    return w1, w2, run
+    return run
 
 
 def se_gate_eager(x, w1, b1, w2, b2, residual, relu, sums):

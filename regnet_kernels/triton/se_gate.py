@@ -23,7 +23,7 @@ import triton.language as tl
 from torch import Tensor
 from torch.library import triton_op, wrap_triton
 
-from ..ops.checks import empty_like_layout
+from ..ops.checks import empty_like_layout, fc_matrix
 from .interpreter_fixes import emulate_bf16, to_dtype
 
 
@@ -115,6 +115,7 @@ def pixel_grid(x: Tensor):
 
 def launch_fc(v: Tensor, v_scale: float, weight: Tensor, bias: Tensor, out: Tensor, sigmoid: bool) -> None:
     n, out_features = out.shape
+    weight = fc_matrix(weight)  # FC [out, in] or 1x1 conv [out, in, 1, 1] weights
     wrap_triton(se_fc_kernel)[(n, triton.cdiv(out_features, FC_TILE.block_rows))](
         v, weight, bias, out, weight.shape[1], out_features, v_scale, *v.stride(), *weight.stride(), int(sigmoid),
         BLOCK_O=FC_TILE.block_rows, BLOCK_I=FC_TILE.block_cols, num_warps=FC_TILE.num_warps)
