@@ -13,6 +13,14 @@ serve these arguments; empty means it can) and an implementation taking the same
 ``REGNET_KERNELS_BACKEND=<name>`` (or an op's ``backend=`` argument) forces one backend; if it
 cannot serve, the error lists its reasons. ``explain(op, **args)`` returns every backend's
 verdict, which ``python -m regnet_kernels.info`` prints.
+
+A backend may also register named extras with an op: options fused modules use when the chosen
+backend has them (``extra(op, backend, name)``), so modules never name a backend:
+
+    conv_bn_act    into_residual(x, weight, bias, stride, padding, groups, residual, relu)
+                       -> the output written into `residual`'s buffer, or None where it cannot
+    gated_conv1x1  separate_gate_pass(x, weight, residual) -> bool: whether the gating costs a
+                       pass of its own on these arguments (then the SE op should gate instead)
 """
 
 from __future__ import annotations
@@ -21,7 +29,8 @@ import os
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Tuple
 
-__all__ = ["AUTO_ORDER", "BACKENDS", "register", "load_backends", "select", "explain", "BackendUnavailable", "forced_backend"]
+__all__ = ["AUTO_ORDER", "BACKENDS", "register", "extra", "load_backends", "select", "explain", "BackendUnavailable",
+           "forced_backend"]
 
 AUTO_ORDER = ("cuda", "triton", "cpu", "eager")
 BACKENDS = AUTO_ORDER
@@ -37,20 +46,34 @@ class BackendUnavailable(RuntimeError):
     """A forced backend cannot run the given arguments; the message lists why."""
 
 
+EXTRAS = {"conv_bn_act": ("into_residual",), "gated_conv1x1": ("separate_gate_pass",)}
+
+
 @dataclass
 class _Impl:
     supports: Callable[..., List[str]]
     run: Callable
+    extras: Dict[str, Callable]
 
 
 _REGISTRY: Dict[str, Dict[str, _Impl]] = {}
 _loaded_backends = False
 
 
-def register(op: str, backend: str, supports: Callable[..., List[str]], run: Callable) -> None:
+def register(op: str, backend: str, supports: Callable[..., List[str]], run: Callable, **extras: Callable) -> None:
     if backend not in BACKENDS:
         raise ValueError(f"backend={backend!r}: expected one of {BACKENDS}")
-    _REGISTRY.setdefault(op, {})[backend] = _Impl(supports, run)
+    unknown = set(extras) - set(EXTRAS.get(op, ()))
+    if unknown:
+        raise ValueError(f"extras {sorted(unknown)}: expected names from {EXTRAS.get(op, ())} for {op}")
+    _REGISTRY.setdefault(op, {})[backend] = _Impl(supports, run, extras)
+
+
+def extra(op: str, backend: str, name: str) -> Optional[Callable]:
+    """The named extra `backend` registered with `op` (see the module docstring), or None."""
+    load_backends()
+    impl = _REGISTRY.get(op, {}).get(backend)
+    return impl.extras.get(name) if impl is not None else None
 
 
 def load_backends() -> None:

@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import dispatch
 from .ops import conv_bn_act as conv_op
-from .backends import cpu as cpu_backend
 from .ops import gated_conv1x1 as gated_op
 from .ops import se_gate as se_gate_op
 from .ops.fold_bn import fold_bn
@@ -96,7 +96,7 @@ class FusedConv(nn.Module):
     def forward(self, x: Tensor, residual: Optional[Tensor] = None, relu: bool = True, channel_sums: bool = False,
                 backend: Optional[str] = None):
         w, b = self.weight, self.bias
-        padding, run = self.resolved.get(
+        padding, _, run = self.resolved.get(
             _signature(x, residual, w, flags=(relu, channel_sums, backend)),
             lambda: conv_op.resolve(x, w, b, self.stride, None, self.groups, residual, relu, channel_sums, backend))
         return run(x, w, b, self.stride, padding, self.groups, residual, relu, channel_sums)
@@ -105,11 +105,12 @@ class FusedConv(nn.Module):
         """This conv of x + bias + residual, ReLU, written into `residual` where the chosen backend
         can (the caller owns `residual` and no longer needs it), else into a new tensor."""
         w, b = self.weight, self.bias
-        padding, run = self.resolved.get(
+        padding, name, run = self.resolved.get(
             _signature(x, residual, w, flags=(True, False, backend)),
             lambda: conv_op.resolve(x, w, b, self.stride, None, self.groups, residual, True, False, backend))
-        if run is cpu_backend.conv_run:
-            y = cpu_backend.conv_into_residual(x, w, b, self.stride, padding, self.groups, residual, True)
+        into = dispatch.extra("conv_bn_act", name, "into_residual")
+        if into is not None:
+            y = into(x, w, b, self.stride, padding, self.groups, residual, True)
             if y is not None:
                 return y
         return run(x, w, b, self.stride, padding, self.groups, residual, True, False)
@@ -126,7 +127,8 @@ class FusedConv(nn.Module):
                                backend: Optional[str] = None) -> bool:
         """Whether the backend chosen for gated() would gate x in a pass of its own."""
         w2d, name, _ = gated_op.resolve(x, gate, self.weight, self.bias, residual, True, backend)
-        return name == "cpu" and cpu_backend.separate_gate_pass(x, w2d, residual)
+        separate = dispatch.extra("gated_conv1x1", name, "separate_gate_pass")
+        return separate is not None and separate(x, w2d, residual)
 
 
 class FusedXBlock(_InferenceModule):

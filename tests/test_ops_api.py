@@ -157,6 +157,18 @@ def test_auto_device_prefilter_agrees_with_each_backends_own_verdict(op):
     assert name == next(n for n, r in rk.explain(op, **args) if not r)
 
 
+def test_backend_extras_are_named_and_found():
+    """Fused modules use a backend's extras only through dispatch.extra (they never name a backend)."""
+    with pytest.raises(ValueError, match=r"extras \['in_place'\]: expected names from"):
+        dispatch.register("conv_bn_act", "eager", lambda **_: [], lambda *a: None, in_place=lambda *a: None)
+    assert dispatch.extra("conv_bn_act", "eager", "into_residual") is None
+    assert dispatch.extra("gated_conv1x1", "no such backend", "separate_gate_pass") is None
+    if dict(rk.explain("conv_bn_act", **_sample_args("conv_bn_act")))["cpu"] == []:  # the cpu backend is built
+        from regnet_kernels.backends import cpu as cpu_backend
+        assert dispatch.extra("conv_bn_act", "cpu", "into_residual") is cpu_backend.conv_into_residual
+        assert dispatch.extra("gated_conv1x1", "cpu", "separate_gate_pass") is cpu_backend.separate_gate_pass
+
+
 def test_forced_backend_that_cannot_serve_lists_its_reasons(monkeypatch):
     x, w, b = _conv_args()
     with pytest.raises(rk.BackendUnavailable, match="backend 'cuda' cannot serve.*not a CUDA device|cuda"):

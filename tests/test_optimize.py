@@ -110,6 +110,35 @@ def test_blocks_reuse_only_buffers_they_own():
         assert (out - model(inp)).abs().max().item() <= 1e-4
 
 
+def test_fused_conv_writes_into_the_residual_where_the_backend_can():
+    """FusedConv.into_residual takes the chosen backend's into_residual extra when it has one
+    (the cpu backend's oneDNN in-place sum), else returns a new tensor and leaves residual alone."""
+    from regnet_kernels import dispatch
+    from regnet_kernels.modules import FusedConv
+
+    conv, bn = nn.Conv2d(32, 24, 1, bias=False), nn.BatchNorm2d(24).eval()
+    with torch.no_grad():
+        for t in (bn.weight, bn.bias, bn.running_mean):
+            t.copy_(torch.randn(24))
+        bn.running_var.copy_(torch.rand(24) + 0.5)
+    fc = FusedConv(conv, bn, torch.float32)
+    x = torch.randn(2, 32, 7, 7).to(memory_format=torch.channels_last)
+    res = torch.randn(2, 24, 7, 7).to(memory_format=torch.channels_last)
+    with torch.no_grad():
+        expected = torch.relu(bn(conv(x)) + res)
+        for backend in ("auto", "eager"):
+            r = res.clone()
+            y = fc.into_residual(x, r, backend=backend)
+            assert (y - expected).abs().max().item() <= 1e-4, backend
+            name, _ = dispatch.select("conv_bn_act", backend, x=x, weight=fc.weight, bias=fc.bias, stride=1, padding=0,
+                                      groups=1, residual=r, relu=True, channel_sums=False)
+            into = dispatch.extra("conv_bn_act", name, "into_residual")
+            in_place = into is not None and into(x, fc.weight, fc.bias, 1, 0, 1, res.clone(), True) is not None
+            assert (y.data_ptr() == r.data_ptr()) == in_place, (backend, name)
+            if not in_place:
+                assert torch.equal(r, res)
+
+
 def test_bf16_within_twice_eager_error():
     model = _randomize_bn(regnet.create_model("regnety_002"))
     x = torch.randn(2, 3, 64, 64)

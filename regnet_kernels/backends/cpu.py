@@ -189,6 +189,6 @@ def gated_run(x, gate, weight, bias, residual, relu):
     return native_op("gated_conv1x1")(x, gate, weight, bias, residual, relu)
 
 
-dispatch.register("conv_bn_act", NAME, conv_supports, conv_run)
+dispatch.register("conv_bn_act", NAME, conv_supports, conv_run, into_residual=conv_into_residual)
 dispatch.register("se_gate", NAME, se_supports, se_run)
-dispatch.register("gated_conv1x1", NAME, gated_supports, gated_run)
+dispatch.register("gated_conv1x1", NAME, gated_supports, gated_run, separate_gate_pass=separate_gate_pass)

@@ -46,17 +46,17 @@ def conv_bn_act(
         backend: 'auto' (default) or one of dispatch.BACKENDS; see regnet_kernels.dispatch.
     Returns y, or (y, sums) when channel_sums.
     """
-    padding, run = resolve(x, weight, bias, stride, padding, groups, residual, relu, channel_sums, backend)
+    padding, _, run = resolve(x, weight, bias, stride, padding, groups, residual, relu, channel_sums, backend)
     return run(x, weight, bias, stride, padding, groups, residual, relu, channel_sums)
 
 
 def resolve(x, weight, bias, stride, padding, groups, residual, relu, channel_sums, backend):
-    """Check the arguments and pick the backend: (padding, implementation). Fused modules call
-    this once per input signature and then the implementation directly."""
+    """Check the arguments and pick the backend: (padding, backend name, implementation). Fused
+    modules call this once per input signature and then the implementation directly."""
     padding, _ = check_conv(x, weight, bias, stride, padding, groups, residual)
-    _, run = dispatch.select(OP, backend, x=x, weight=weight, bias=bias, stride=stride, padding=padding,
-                             groups=groups, residual=residual, relu=relu, channel_sums=channel_sums)
-    return padding, run
+    name, run = dispatch.select(OP, backend, x=x, weight=weight, bias=bias, stride=stride, padding=padding,
+                                groups=groups, residual=residual, relu=relu, channel_sums=channel_sums)
+    return padding, name, run
 
 
 def conv_bn_act_eager(x, weight, bias, stride, padding, groups, residual, relu, channel_sums):
