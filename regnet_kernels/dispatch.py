@@ -120,7 +120,8 @@ def select(op: str, backend: Optional[str] = None, **args) -> Tuple[str, Callabl
         if reasons:
             raise BackendUnavailable(f"{op}: backend {forced!r} cannot serve these arguments: " + "; ".join(reasons))
         return forced, impl.run
-    device = args["x"].device.type
+    x = args["x"]
+    device = "cpu" if x.is_cpu else x.device.type  # is_cpu: 0.1 us, device.type: 0.4 us
     for name in AUTO_ORDER:
         impl = impls.get(name)
         devices = AUTO_DEVICES[name]

@@ -181,6 +181,34 @@ def test_se_gate_low_precision(shape, dtype):
     check_against_reference(rk.se_gate, args, kw, dtype, f"se {shape} {dtype}")
 
 
+@pytest.mark.parametrize("shape", SE_SHAPES, ids=str)
+def test_se_gate_native_reads_both_w2_layouts(shape):
+    """The native op takes W2 [C, C_se] row-major (one dot per channel) or with strides (1, C),
+    the copy the cpu backend caches (whole vectors of channels); both against float64."""
+    args, kw = se_inputs(shape, torch.float32, residual=True)
+    x, w1, b1, w2, b2 = args
+    ref = rk.se_gate(*[to64(a) for a in args], residual=to64(kw["residual"]), relu=True, backend="eager")
+    w2m = w2.reshape(w2.shape[0], w2.shape[1])
+    by_input = cpu_backend.fc_by_input(w2)
+    assert by_input.stride() == (1, w2.shape[0]) and torch.equal(by_input, w2m)
+    for layout in (w2m.contiguous(), by_input):
+        with poison_outputs():
+            out = OPS.se_gate(x, w1, b1, layout, b2, kw["residual"], True, None)
+        assert_accurate(out, ref, what=f"se {shape} w2 strides {layout.stride()}")
+
+
+def test_se_gate_cached_w2_follows_in_place_updates():
+    args, kw = se_inputs((2, 104, 13, 13), torch.float32)
+    x, w1, b1, w2, b2 = args
+    first = rk.se_gate(*args, backend="cpu")
+    with torch.no_grad():
+        w2.mul_(-1.5)
+    second = rk.se_gate(*args, backend="cpu")
+    ref = rk.se_gate(*[to64(a) for a in args], backend="eager")
+    assert_accurate(second, ref, what="se after an in-place update of w2")
+    assert not torch.allclose(first, second)
+
+
 GATED_CASES = [c for c in pointwise_cases() if c.stride == 1]
 
 

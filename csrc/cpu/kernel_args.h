@@ -55,7 +55,8 @@ struct SeProblem {
   const float* sums;  // [n][c] fp32 contiguous, or nullptr (then computed from x)
   const float* w1;    // [c_se][c] fp32 contiguous
   const float* b1;    // [c_se]
-  const float* w2;    // [c][c_se]
+  const float* w2;    // [c][c_se], or [c_se][c] when w2_by_input (see se_gate_cpu)
+  bool w2_by_input;
   const float* b2;    // [c]
   int64_t c_se;
   const void* residual;

@@ -214,7 +214,13 @@ at::Tensor se_gate_cpu(const at::Tensor& x, const at::Tensor& w1, const at::Tens
   const int64_t c_se = w1m.size(0);
   TORCH_CHECK(c_se >= 1, op, ": w1 must have at least one output, got ", w1.sizes());
   const at::Tensor w1f = as_float_param(op, "w1", w1m, x, {c_se, c});
-  const at::Tensor w2f = as_float_param(op, "w2", w2m, x, {c, c_se});
+  // W2 [c, c_se] with strides (1, c) (a transposed contiguous [c_se, c], as the cpu backend
+  // caches it) is read in place: the gate is then computed on whole vectors of channels.
+  // Any other layout is made a contiguous [c, c_se].
+  const bool w2_by_input = w2m.scalar_type() == at::kFloat && w2m.device() == x.device() &&
+                           w2m.sizes() == at::IntArrayRef{c, c_se} && c > 1 && w2m.stride(0) == 1 &&
+                           w2m.stride(1) == c;
+  const at::Tensor w2f = w2_by_input ? w2m : as_float_param(op, "w2", w2m, x, {c, c_se});
   const at::Tensor b1f = as_float_param(op, "b1", b1, x, {c_se});
   const at::Tensor b2f = as_float_param(op, "b2", b2, x, {c});
   at::Tensor sums32;
@@ -236,6 +242,7 @@ at::Tensor se_gate_cpu(const at::Tensor& x, const at::Tensor& w1, const at::Tens
   p.sums = sums ? sums32.const_data_ptr<float>() : nullptr;
   p.w1 = w1f.const_data_ptr<float>(), p.b1 = b1f.const_data_ptr<float>();
   p.w2 = w2f.const_data_ptr<float>(), p.b2 = b2f.const_data_ptr<float>();
+  p.w2_by_input = w2_by_input;
   p.c_se = c_se;
   p.residual = residual ? residual->const_data_ptr() : nullptr;
   if (residual) p.r_sn = residual->stride(0), p.r_sh = residual->stride(2), p.r_sw = residual->stride(3);

@@ -8,13 +8,13 @@ bounds); supports() only decides whether this backend should take the call, and 
 from __future__ import annotations
 
 import os
+import weakref
 from typing import List
 
 import torch
-from torch.utils.weak import WeakIdKeyDictionary
 
 from .. import dispatch
-from ..ops.checks import SUPPORTED_KERNEL_SIZES, SUPPORTED_STRIDES
+from ..ops.checks import SUPPORTED_KERNEL_SIZES, SUPPORTED_STRIDES, fc_matrix
 from .native import EXT, native_op
 
 NAME = "cpu"
@@ -26,13 +26,13 @@ def _common_reasons(x, others=()) -> List[str]:
     if EXT is None:
         return ["cpu: regnet_kernels._C is not built"]
     reasons = []
-    if x.device.type != "cpu":
+    if not x.is_cpu:  # (x.device.type costs 0.4 us: this runs on every public op call)
         reasons.append(f"cpu: x is on {x.device}, not the CPU")
     if x.dtype not in DTYPES:
         reasons.append(f"cpu: dtype {x.dtype} not supported (float32, bfloat16, float16)")
-    for name, t in (("x", x),) + tuple(others):
+    for name, t in (("x", x), *others):
         # Channels-last means the channel stride is 1; a copy to get there would cost a full pass.
-        if t is not None and t.dim() == 4 and t.shape[1] > 1 and t.stride(1) != 1:
+        if t is not None and t.dim() == 4 and t.stride(1) != 1 and t.shape[1] > 1:
             reasons.append(f"cpu: {name} is not channels-last (channel stride {t.stride(1)} != 1); "
                            "the kernels do not copy activations to change layout")
     return reasons
@@ -96,31 +96,53 @@ def _use_onednn(x, weight, groups, residual) -> bool:
             and not torch.compiler.is_compiling())
 
 
-# oneDNN reorders a plain weight into its blocked layout on every call (a pass over the weights,
-# 17 MB per RegNetY-400MF forward). The reordered copy is kept per weight tensor, keyed weakly
-# on the tensor object (it goes when the weight goes) and checked against the weight's version
-# counter (an in-place update repacks). Input shapes are part of the key: oneDNN picks the
-# blocked layout for a given problem. At most _PACKED_PER_WEIGHT shapes per weight are kept.
-_PACKED = WeakIdKeyDictionary()
-_PACKED_PER_WEIGHT = 8
+class DerivedWeights:
+    """Weights in the layout a kernel wants, made once per weight tensor instead of on every call.
+
+    Keyed on the tensor object (by id, with a weak reference that drops the entry when the
+    weight goes) and checked against the weight's version counter (an in-place update remakes
+    it). Up to `per_weight` entries per weight under different keys (oneDNN's layout depends on
+    the input shape). A lookup is ~0.2 us: torch's WeakIdKeyDictionary took ~1.1 us, which
+    counts at batch 1 where a whole SE op is ~20 us."""
+
+    def __init__(self, per_weight: int = 8):
+        self.per_weight = per_weight
+        self._entries = {}  # id(weight) -> (weakref to weight, version, {key: derived})
+
+    def get(self, weight, key, make):
+        """make(weight.detach()) under no_grad, cached per (weight, key)."""
+        hit = self._entries.get(id(weight))
+        if hit is None or hit[0]() is not weight or hit[1] != weight._version:
+            wid = id(weight)
+            # The callback runs when the weight is freed, before its id can be reused.
+            hit = self._entries[wid] = (weakref.ref(weight, lambda _, wid=wid: self._entries.pop(wid, None)),
+                                        weight._version, {})
+        derived = hit[2].get(key)
+        if derived is None:
+            if len(hit[2]) >= self.per_weight:
+                hit[2].clear()
+            with torch.no_grad():
+                derived = hit[2][key] = make(weight.detach())
+        return derived
+
+
+_DERIVED = DerivedWeights()
 
 
 def packed_weight(weight, padding, stride, groups, x_shape):
-    key = (padding, stride, groups, tuple(x_shape))
-    version, entries = _PACKED.get(weight, (None, None))
-    if version != weight._version:
-        entries = {}
-        _PACKED[weight] = (weight._version, entries)
-    packed = entries.get(key)
-    if packed is None:
-        if len(entries) >= _PACKED_PER_WEIGHT:
-            entries.clear()
-        w = weight.detach()
+    """The weight reordered into oneDNN's blocked layout for this problem. oneDNN would otherwise
+    reorder a plain weight on every call (a pass over the weights, 17 MB per RegNetY-400MF forward)."""
+    def reorder(w):
         w = w[:, :, None, None] if w.dim() == 2 else w  # K4 passes its 1x1 weight as [C_out, C]
-        with torch.no_grad():
-            packed = entries[key] = torch.ops.mkldnn._reorder_convolution_weight(
-                w, [padding] * 2, [stride] * 2, [1, 1], groups, list(x_shape))
-    return packed
+        return torch.ops.mkldnn._reorder_convolution_weight(w, [padding] * 2, [stride] * 2, [1, 1], groups,
+                                                            list(x_shape))
+    return _DERIVED.get(weight, (padding, stride, groups, tuple(x_shape)), reorder)
+
+
+def fc_by_input(w2):
+    """SE's second FC weight [C, C_se] as fp32 with strides (1, C): the layout in which the native
+    se_gate computes the gate on whole vectors of channels instead of one dot per channel."""
+    return _DERIVED.get(w2, "fc_by_input", lambda w: fc_matrix(w).float().t().contiguous().t())
 
 
 def _onednn_conv(x, weight, bias, stride, padding, groups, residual, relu, into_residual=False):
@@ -168,6 +190,8 @@ def se_supports(*, x, w1, b1, w2, b2, residual=None, relu=False, sums=None, forc
 
 
 def se_run(x, w1, b1, w2, b2, residual, relu, sums):
+    if not torch.compiler.is_compiling():  # dynamo does not trace the cache; the op takes any layout
+        w2 = fc_by_input(w2)
     return native_op("se_gate")(x, w1, b1, w2, b2, residual, relu, sums)
 
 

