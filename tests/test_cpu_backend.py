@@ -123,6 +123,30 @@ def check_onednn_route(case, variant, dtype, bias=True):
     check_against_reference(rk.conv_bn_act, (x, w, b), kw, dtype, f"{case} {variant} {dtype} oneDNN, weight updated")
 
 
+def test_derived_weights_cache_follows_the_weight():
+    """A stale derived weight would be a silent wrong answer: an entry is remade after an
+    in-place update, separate per key, bounded per weight, and dropped when the weight is freed
+    (a new tensor that reuses the id must not see the old entry)."""
+    cache = cpu_backend.DerivedWeights(per_weight=2)
+    made = []
+
+    def make(w):
+        made.append(w.clone())
+        return w * 2
+
+    w = randn(4, 3)
+    first = cache.get(w, "a", make)
+    assert torch.equal(first, w * 2) and cache.get(w, "a", make) is first and len(made) == 1
+    with torch.no_grad():
+        w.add_(1)  # bumps the version counter
+    assert torch.equal(cache.get(w, "a", make), w * 2) and len(made) == 2
+    cache.get(w, "b", make), cache.get(w, "c", make)  # a third key clears the two kept
+    assert len(cache._entries[id(w)][2]) <= 2
+    wid = id(w)
+    del w
+    assert wid not in cache._entries, "the entry outlived its weight"
+
+
 @pytest.mark.parametrize("case", grouped_cases(seed=5, per_width=1) + pointwise_cases()[:3] + stem_cases()[:1], ids=str)
 def test_conv_bf16_onednn_route(case, onednn_route):
     if torch.bfloat16 not in cpu_backend.ONEDNN_DTYPES:
