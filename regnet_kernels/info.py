@@ -53,7 +53,12 @@ def report() -> str:
 
         lines.append(cpu_backend.onednn_routes())
     forced = os.environ.get(dispatch.ENV_VAR)
-    lines.append(f"auto order: {' > '.join(dispatch.AUTO_ORDER)}; ${dispatch.ENV_VAR}={forced or '(unset: auto)'}")
+    order = " > ".join(f"{n} ({'/'.join(d) if d else 'any device'})" for n, d in
+                       ((n, dispatch.AUTO_DEVICES[n]) for n in dispatch.AUTO_ORDER))
+    lines.append(f"auto order: {order}; ${dispatch.ENV_VAR}={forced or '(unset: auto)'}")
+    extras = [f"{b}: {op}.{e}" for op, names in dispatch.EXTRAS.items() for e in names for b in dispatch.AUTO_ORDER
+              if dispatch.extra(op, b, e) is not None]
+    lines.append("backend extras used by the fused modules: " + (", ".join(extras) or "none"))
     for name, err in IMPORT_ERRORS.items():
         lines.append(f"backend {name} failed to import: {err}")
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])

@@ -169,6 +169,22 @@ def test_backend_extras_are_named_and_found():
         assert dispatch.extra("gated_conv1x1", "cpu", "separate_gate_pass") is cpu_backend.separate_gate_pass
 
 
+def test_info_report_states_order_devices_extras_and_choices():
+    from regnet_kernels import info
+
+    text = info.report()
+    order = next(line for line in text.splitlines() if line.startswith("auto order: "))
+    assert all(f"{name} (" in order for name in dispatch.AUTO_ORDER), order
+    extras = next(line for line in text.splitlines() if line.startswith("backend extras used by the fused modules: "))
+    for op, names in dispatch.EXTRAS.items():
+        for e in names:
+            for b in dispatch.AUTO_ORDER:
+                assert (f"{b}: {op}.{e}" in extras) == (dispatch.extra(op, b, e) is not None), extras
+    # Every sample op line names the backend auto picks for it.
+    choices = [line for line in text.splitlines() if " -> " in line]
+    assert choices and all(line.rsplit(" -> ", 1)[1] in dispatch.AUTO_ORDER for line in choices), choices
+
+
 def test_forced_backend_that_cannot_serve_lists_its_reasons(monkeypatch):
     x, w, b = _conv_args()
     with pytest.raises(rk.BackendUnavailable, match="backend 'cuda' cannot serve.*not a CUDA device|cuda"):
