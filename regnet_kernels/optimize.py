@@ -97,7 +97,11 @@ def optimize(model: nn.Module, backend: str = "auto", dtype: Optional[torch.dtyp
         raise ValueError(f"memory_format: expected torch.channels_last or torch.contiguous_format, got {memory_format}")
     device = next(model.parameters()).device
     ours = _as_our_model(model, kind)
-    with torch.no_grad():
+    # inference_mode(False): under torch.inference_mode() the folded weights would be inference
+    # tensors, which track no version counter, so the kernels' weight caches could not see an
+    # in-place update. Built as normal tensors they can (reading the model's inference tensors
+    # is allowed here).
+    with torch.inference_mode(False), torch.no_grad():
         fused = FusedRegNet(ours, dtype=dtype, memory_format=memory_format,
                             backend=None if backend == "auto" else backend)
-    return fused.to(device)
+        return fused.to(device)

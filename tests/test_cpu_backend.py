@@ -145,6 +145,9 @@ def test_derived_weights_cache_follows_the_weight():
     wid = id(w)
     del w
     assert wid not in cache._entries, "the entry outlived its weight"
+    with torch.inference_mode():  # inference tensors have no version counter
+        frozen = randn(4, 3)
+    assert torch.equal(cache.get(frozen, "a", make), frozen * 2) and cache.get(frozen, "a", make) is not None
 
 
 @pytest.mark.parametrize("case", grouped_cases(seed=5, per_width=1) + pointwise_cases()[:3] + stem_cases()[:1], ids=str)

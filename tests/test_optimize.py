@@ -139,6 +139,18 @@ def test_fused_conv_writes_into_the_residual_where_the_backend_can():
                 assert torch.equal(r, res)
 
 
+def test_optimize_and_run_under_inference_mode():
+    """Models built and converted under torch.inference_mode() (a common serving setup): the fused
+    weights are normal tensors (the weight caches need their version counters) and outputs match."""
+    with torch.inference_mode():
+        model = _randomize_bn(regnet.create_model("regnety_002"))
+        fused = rk.optimize(model)
+        assert not any(t.is_inference() for t in fused.buffers())
+        x = torch.randn(2, 3, 64, 64)
+        for _ in range(2):
+            assert (fused(x) - model(x)).abs().max().item() <= 1e-4
+
+
 def test_bf16_within_twice_eager_error():
     model = _randomize_bn(regnet.create_model("regnety_002"))
     x = torch.randn(2, 3, 64, 64)

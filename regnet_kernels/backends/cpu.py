@@ -110,13 +110,18 @@ class DerivedWeights:
         self._entries = {}  # id(weight) -> (weakref to weight, version, {key: derived})
 
     def get(self, weight, key, make):
-        """make(weight.detach()) under no_grad, cached per (weight, key)."""
+        """make(weight.detach()) under no_grad, cached per (weight, key).
+
+        Inference tensors (made under torch.inference_mode) have no version counter: their entries
+        are not remade after an in-place update, which only inference mode itself allows
+        (optimize() builds its weights as normal tensors for that reason)."""
         hit = self._entries.get(id(weight))
-        if hit is None or hit[0]() is not weight or hit[1] != weight._version:
+        version = None if weight.is_inference() else weight._version
+        if hit is None or hit[0]() is not weight or hit[1] != version:
             wid = id(weight)
             # The callback runs when the weight is freed, before its id can be reused.
             hit = self._entries[wid] = (weakref.ref(weight, lambda _, wid=wid: self._entries.pop(wid, None)),
-                                        weight._version, {})
+                                        version, {})
         derived = hit[2].get(key)
         if derived is None:
             if len(hit[2]) >= self.per_weight:
