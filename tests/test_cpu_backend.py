@@ -121,6 +121,11 @@ def check_onednn_route(case, variant, dtype, bias=True):
     # A second call reuses the packed weight; an in-place update of the weight must repack.
     w.mul_(-1)
     check_against_reference(rk.conv_bn_act, (x, w, b), kw, dtype, f"{case} {variant} {dtype} oneDNN, weight updated")
+    # The packed weight is shared across batch sizes (packed for the first one seen).
+    x2 = torch.cat([x, x[:1]]).contiguous(memory_format=torch.channels_last)
+    kw2 = {k: (torch.cat([v, v[:1]]).contiguous(memory_format=torch.channels_last) if k == "residual" else v)
+           for k, v in kw.items()}
+    check_against_reference(rk.conv_bn_act, (x2, w, b), kw2, dtype, f"{case} {variant} {dtype} oneDNN, batch {x2.shape[0]}")
 
 
 def test_derived_weights_cache_follows_the_weight():
