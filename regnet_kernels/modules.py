@@ -105,10 +105,13 @@ class FusedConv(nn.Module):
         """This conv of x + bias + residual, ReLU, written into `residual` where the chosen backend
         can (the caller owns `residual` and no longer needs it), else into a new tensor."""
         w, b = self.weight, self.bias
-        padding, name, run = self.resolved.get(
-            _signature(x, residual, w, flags=(True, False, backend)),
-            lambda: conv_op.resolve(x, w, b, self.stride, None, self.groups, residual, True, False, backend))
-        into = dispatch.extra("conv_bn_act", name, "into_residual")
+
+        def resolve():
+            padding, name, run = conv_op.resolve(x, w, b, self.stride, None, self.groups, residual, True, False,
+                                                 backend)
+            return padding, dispatch.extra("conv_bn_act", name, "into_residual"), run
+
+        padding, into, run = self.resolved.get(_signature(x, residual, w, flags=("into_residual", backend)), resolve)
         if into is not None:
             y = into(x, w, b, self.stride, padding, self.groups, residual, True)
             if y is not None:
