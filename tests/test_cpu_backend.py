@@ -213,20 +213,36 @@ def test_se_gate_low_precision(shape, dtype):
     check_against_reference(rk.se_gate, args, kw, dtype, f"se {shape} {dtype}")
 
 
+def fc_layouts(w):
+    """An FC weight [out, in] in every layout the native se_gate accepts: 2-D contiguous, 1x1 conv
+    [out, in, 1, 1] (read in place), and 4-D views whose [out, in] part is not dense (copied)."""
+    m = w.reshape(w.shape[0], w.shape[1]).contiguous()
+    transposed = m.t().contiguous().t()  # strides (1, out)
+    # Every other element of a wider tensor whose skipped elements are NaN: reading one shows.
+    every_other = torch.stack([m, torch.full_like(m, float("nan"))], 2).flatten(1)[:, ::2]
+    return {"2d": m, "4d": m[:, :, None, None], "4d_transposed": transposed[:, :, None, None],
+            "4d_every_other": every_other[:, :, None, None]}
+
+
 @pytest.mark.parametrize("shape", SE_SHAPES, ids=str)
-def test_se_gate_native_reads_both_w2_layouts(shape):
-    """The native op takes W2 [C, C_se] row-major (one dot per channel) or with strides (1, C),
-    the copy the cpu backend caches (whole vectors of channels); both against float64."""
+def test_se_gate_native_reads_fc_weights_in_every_layout(shape):
+    """The native op takes W1 and W2 as [out, in] or [out, in, 1, 1], dense or not, and W2 also
+    with strides (1, C), the copy the cpu backend caches (whole vectors of channels); all against
+    float64."""
     args, kw = se_inputs(shape, torch.float32, residual=True)
     x, w1, b1, w2, b2 = args
     ref = rk.se_gate(*[to64(a) for a in args], residual=to64(kw["residual"]), relu=True, backend="eager")
-    w2m = w2.reshape(w2.shape[0], w2.shape[1])
     by_input = cpu_backend.fc_by_input(w2)
-    assert by_input.stride() == (1, w2.shape[0]) and torch.equal(by_input, w2m)
-    for layout in (w2m.contiguous(), by_input):
-        with poison_outputs():
-            out = OPS.se_gate(x, w1, b1, layout, b2, kw["residual"], True, None)
-        assert_accurate(out, ref, what=f"se {shape} w2 strides {layout.stride()}")
+    assert by_input.stride() == (1, w2.shape[0]) and torch.equal(by_input, w2.reshape(w2.shape[:2]))
+    w2_layouts = dict(fc_layouts(w2), by_input=by_input)
+    w1_layouts = fc_layouts(w1)
+    for w, layouts in ((w1, w1_layouts), (w2, w2_layouts)):
+        assert all(torch.equal(t.reshape(w.shape[:2]), w.reshape(w.shape[:2])) for t in layouts.values())
+    for w1_name, w1_layout in w1_layouts.items():
+        for w2_name, w2_layout in w2_layouts.items():
+            with poison_outputs():
+                out = OPS.se_gate(x, w1_layout, b1, w2_layout, b2, kw["residual"], True, None)
+            assert_accurate(out, ref, what=f"se {shape} w1 {w1_name} w2 {w2_name}")
 
 
 def test_se_gate_cached_w2_follows_in_place_updates():
@@ -350,6 +366,11 @@ ISA_SCRIPT = textwrap.dedent("""
         y = rk.se_gate(x, *p, residual=x, relu=True, backend="cpu")
     assert_accurate(y, rk.se_gate(x.double(), *[t.double() for t in p], residual=x.double(), relu=True,
                                   backend="eager"), what="se")
+    for shape in ((2, 104, 7, 7), (1, 40, 3, 5)):
+        x = random_tensor(shape)
+        with poison_outputs():
+            s = torch.ops.regnet_kernels.channel_sums(x)
+        assert_accurate(s, x.double().sum((2, 3)), what=f"channel_sums {shape}")
     print("ok")
 """)
 

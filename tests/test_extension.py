@@ -23,10 +23,17 @@ def test_build_info_reports_the_build():
     assert info["cuda"] in ("yes", "no")
 
 
-@pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16), ids=str)
-@pytest.mark.parametrize("shape", [(2, 24, 7, 9), (1, 5, 1, 1), (3, 40, 13, 13)])
+@pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16, torch.float16), ids=str)
+@pytest.mark.parametrize("shape", [(2, 24, 7, 9), (1, 5, 1, 1), (3, 40, 13, 13), (2, 104, 5, 6), (1, 440, 7, 7),
+                                   (2, 136, 3, 3, "strided")], ids=str)
 def test_channel_sums_cpu_op(shape, dtype):
-    x = torch.randn(shape).to(dtype).to(memory_format=torch.channels_last)
+    # Channel counts cover the 4-vector register blocks, single vectors and a masked tail.
+    strided = shape[-1] == "strided"
+    shape = shape[:4]
+    x = (torch.randn(shape) + 0.5).to(dtype).to(memory_format=torch.channels_last)
+    if strided:  # a view with a pixel stride larger than C, as a channel slice of a wider map
+        x = torch.randn(shape[0], shape[1] + 24, shape[2], 2 * shape[3]).to(dtype).to(
+            memory_format=torch.channels_last)[:, 8:8 + shape[1], :, ::2]
     with poison_outputs():
         out = native_op("channel_sums")(x)
     ref = x.double().sum((2, 3))

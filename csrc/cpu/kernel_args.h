@@ -68,6 +68,16 @@ struct SeProblem {
   float* row_sums;  // scratch [n * h][c] (used when sums is nullptr)
 };
 
+// Per-(n, c) sums over H, W of a channels-last activation, in fp32 (the SE squeeze).
+struct SumsProblem {
+  c10::ScalarType dtype;
+  const void* x;
+  int64_t n, c, h, w;
+  int64_t x_sn, x_sh, x_sw;
+  float* out;       // [n][c]
+  float* row_sums;  // scratch [n * h][c]
+};
+
 // The entry points one ISA provides.
 struct IsaKernels {
   const char* name;
@@ -75,6 +85,7 @@ struct IsaKernels {
   int64_t (*max_pixels)(int64_t nv);  // register block: output pixels per micro-kernel call
   void (*conv)(const ConvProblem&);
   void (*se_gate)(const SeProblem&);
+  void (*channel_sums)(const SumsProblem&);
 };
 
 // Defined in kernels_<isa>.cpp; each returns its table. AVX-512/AVX2 variants exist only on

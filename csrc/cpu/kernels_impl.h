@@ -276,31 +276,108 @@ inline int64_t se_grain_rows(int64_t row_elements) {
   return std::max<int64_t>(1, kSeMinTaskElements / std::max<int64_t>(1, row_elements));
 }
 
+// Adds x's channels [0, c) summed over `pixels` pixels (pixel stride ps) into acc (fp32).
+// Blocks of 4 vectors of channels stay in registers across the pixels: one load and one add per
+// input vector. (A load-add-store of acc per pixel and vector made each add wait on the
+// previous pixel's store: ~3x slower, and channel_sums was the generic, non-vector build.)
+template <typename scalar_t>
+inline void add_pixel_sums(const scalar_t* x, int64_t pixels, int64_t ps, int64_t c, float* acc) {
+  constexpr int64_t kBlock = 4 * kLanes;
+  int64_t c0 = 0;
+  for (; c0 + kBlock <= c; c0 += kBlock) {
+    Vec s[4];
+    for (int k = 0; k < 4; ++k) s[k] = Vec::loadu(acc + c0 + k * kLanes);
+    for (int64_t i = 0; i < pixels; ++i) {
+      const scalar_t* px = x + i * ps + c0;
+      for (int k = 0; k < 4; ++k) s[k] = s[k] + load_as_float(px + k * kLanes);
+    }
+    for (int k = 0; k < 4; ++k) s[k].store(acc + c0 + k * kLanes);
+  }
+  for (; c0 + kLanes <= c; c0 += kLanes) {
+    Vec s = Vec::loadu(acc + c0);
+    for (int64_t i = 0; i < pixels; ++i) s = s + load_as_float(x + i * ps + c0);
+    s.store(acc + c0);
+  }
+  if (c0 < c) {
+    const int64_t count = c - c0;
+    Vec s = Vec::loadu(acc + c0, count);
+    for (int64_t i = 0; i < pixels; ++i) s = s + load_as_float(x + i * ps + c0, count);
+    s.store(acc + c0, count);
+  }
+}
+
+// Per-row partial sums (rows in parallel: batch 1 has one sample), then a sum over each
+// sample's rows.
+template <typename scalar_t>
+void channel_sums_typed(const SumsProblem& p) {
+  const auto* x = static_cast<const scalar_t*>(p.x);
+  parallel_for(0, p.n * p.h, se_grain_rows(p.w * p.c), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      float* acc = p.row_sums + r * p.c;
+      std::fill(acc, acc + p.c, 0.f);
+      add_pixel_sums(x + (r / p.h) * p.x_sn + (r % p.h) * p.x_sh, p.w, p.x_sw, p.c, acc);
+    }
+  });
+  reduce_row_sums(p.row_sums, p.n, p.h, p.c, p.out);
+}
+
+void channel_sums(const SumsProblem& p) {
+  switch (p.dtype) {
+    case at::kFloat: channel_sums_typed<float>(p); break;
+    case at::kBFloat16: channel_sums_typed<at::BFloat16>(p); break;
+    default: channel_sums_typed<at::Half>(p); break;
+  }
+}
+
+// NV vectors of the gate pre-activation at channel c0 from W2 stored input-major ([c_se][c]):
+// NV independent FMA chains over j, no horizontal sums. The last vector has `last` lanes
+// (a tail of the channels when < kLanes).
+template <int NV>
+inline void w2_by_input_block(const SeProblem& p, const float* hidden, int64_t c0, int64_t last, float* gate) {
+  Vec acc[NV];
+  const auto lanes = [&](int k) { return k == NV - 1 ? last : kLanes; };
+  for (int k = 0; k < NV; ++k) acc[k] = Vec::loadu(p.b2 + c0 + k * kLanes, lanes(k));
+  for (int64_t j = 0; j < p.c_se; ++j) {
+    const Vec h(hidden[j]);
+    const float* w = p.w2 + j * p.c + c0;
+    for (int k = 0; k < NV; ++k) acc[k] = at::vec::fmadd(Vec::loadu(w + k * kLanes, lanes(k)), h, acc[k]);
+  }
+  for (int k = 0; k < NV; ++k) acc[k].store(gate + c0 + k * kLanes, lanes(k));
+}
+
 // The SE MLP of one sample: gate[c] = sigmoid(W2 relu(W1 mean + b1) + b2)[c], fp32.
 // `hidden` has room for c_se floats; `gate` holds the sample's sums on entry.
 inline void se_excite_sample(const SeProblem& p, float inv_hw, float* gate, float* hidden) {
   for (int64_t c = 0; c < p.c; ++c) gate[c] *= inv_hw;
-  for (int64_t j = 0; j < p.c_se; ++j) hidden[j] = std::max(0.f, dot(p.w1 + j * p.c, gate, p.c) + p.b1[j]);
-  if (p.w2_by_input) {
-    // Whole vectors of channels, no horizontal sums; four vectors at a time so four FMA chains
-    // run side by side (one chain of C_se dependent FMAs per vector otherwise).
-    constexpr int64_t kBlock = 4 * kLanes;
-    int64_t c0 = 0;
-    for (; c0 + kBlock <= p.c; c0 += kBlock) {
-      Vec acc[4];
-      for (int64_t k = 0; k < 4; ++k) acc[k] = Vec::loadu(p.b2 + c0 + k * kLanes);
-      for (int64_t j = 0; j < p.c_se; ++j) {
-        const Vec h(hidden[j]);
-        const float* w = p.w2 + j * p.c + c0;
-        for (int64_t k = 0; k < 4; ++k) acc[k] = at::vec::fmadd(Vec::loadu(w + k * kLanes), h, acc[k]);
-      }
-      for (int64_t k = 0; k < 4; ++k) acc[k].store(gate + c0 + k * kLanes);
+  // W1 four rows at a time: each vector of the mean feeds four independent FMA chains.
+  int64_t j = 0;
+  for (; j + 4 <= p.c_se; j += 4) {
+    Vec acc[4] = {Vec(0.f), Vec(0.f), Vec(0.f), Vec(0.f)};
+    const float* w = p.w1 + j * p.c;
+    int64_t i = 0;
+    for (; i + kLanes <= p.c; i += kLanes) {
+      const Vec m = Vec::loadu(gate + i);
+      for (int k = 0; k < 4; ++k) acc[k] = at::vec::fmadd(Vec::loadu(w + k * p.c + i), m, acc[k]);
     }
-    for (; c0 < p.c; c0 += kLanes) {
-      const int64_t count = std::min(kLanes, p.c - c0);
-      Vec acc = Vec::loadu(p.b2 + c0, count);
-      for (int64_t j = 0; j < p.c_se; ++j) acc = at::vec::fmadd(Vec::loadu(p.w2 + j * p.c + c0, count), Vec(hidden[j]), acc);
-      acc.store(gate + c0, count);
+    if (i < p.c) {
+      const Vec m = Vec::loadu(gate + i, p.c - i);
+      for (int k = 0; k < 4; ++k) acc[k] = at::vec::fmadd(Vec::loadu(w + k * p.c + i, p.c - i), m, acc[k]);
+    }
+    for (int k = 0; k < 4; ++k)
+      hidden[j + k] = std::max(0.f, at::vec::vec_reduce_all<float>(std::plus<Vec>(), acc[k]) + p.b1[j + k]);
+  }
+  for (; j < p.c_se; ++j) hidden[j] = std::max(0.f, dot(p.w1 + j * p.c, gate, p.c) + p.b1[j]);
+  if (p.w2_by_input) {
+    // Four vectors of channels at a time, then the remaining 1-4 (the last one partial) together.
+    int64_t c0 = 0;
+    for (; c0 + 4 * kLanes <= p.c; c0 += 4 * kLanes) w2_by_input_block<4>(p, hidden, c0, kLanes, gate);
+    const int64_t rem = p.c - c0, nvec = (rem + kLanes - 1) / kLanes, last = rem - (nvec - 1) * kLanes;
+    switch (nvec) {
+      case 1: w2_by_input_block<1>(p, hidden, c0, last, gate); break;
+      case 2: w2_by_input_block<2>(p, hidden, c0, last, gate); break;
+      case 3: w2_by_input_block<3>(p, hidden, c0, last, gate); break;
+      case 4: w2_by_input_block<4>(p, hidden, c0, last, gate); break;
+      default: break;  // rem == 0
     }
   } else {
     for (int64_t c = 0; c < p.c; ++c) gate[c] = dot(p.w2 + c * p.c_se, hidden, p.c_se) + p.b2[c];
@@ -321,24 +398,12 @@ void se_gate_typed(const SeProblem& p) {
 
   const int64_t grain = se_grain_rows(p.w * p.c);
 
-  // 1. Squeeze: per-row partial sums (rows in parallel, as batch 1 has one sample), then a sum over rows.
+  // 1. Squeeze (skipped when the caller has the sums, e.g. from the conv's epilogue).
   const float* sums = p.sums;
   if (!sums) {
-    parallel_for(0, rows, grain, [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; ++r) {
-        const scalar_t* xr = x + (r / p.h) * p.x_sn + (r % p.h) * p.x_sh;
-        float* acc = p.row_sums + r * p.c;
-        std::fill(acc, acc + p.c, 0.f);
-        for (int64_t iw = 0; iw < p.w; ++iw) {
-          const scalar_t* px = xr + iw * p.x_sw;
-          int64_t c = 0;
-          for (; c + kLanes <= p.c; c += kLanes) (Vec::loadu(acc + c) + load_as_float(px + c)).store(acc + c);
-          if (c < p.c) (Vec::loadu(acc + c, p.c - c) + load_as_float(px + c, p.c - c)).store(acc + c, p.c - c);
-        }
-      }
-    });
     // The gate buffer holds the sums until step 2 overwrites them with the gate.
-    reduce_row_sums(p.row_sums, p.n, p.h, p.c, p.gate);
+    channel_sums_typed<scalar_t>(SumsProblem{p.dtype, p.x, p.n, p.c, p.h, p.w, p.x_sn, p.x_sh, p.x_sw, p.gate,
+                                             p.row_sums});
     sums = p.gate;
   }
 
@@ -390,7 +455,8 @@ void se_gate(const SeProblem& p) {
   namespace regnet_kernels::cpu {                                                                            \
   const IsaKernels& fn_name() {                                                                              \
     static const IsaKernels table{isa_name, CPU_CAPABILITY::kLanes, [](int64_t nv) { return CPU_CAPABILITY::max_pixels_for(nv); }, \
-                                  &CPU_CAPABILITY::conv, &CPU_CAPABILITY::se_gate};                          \
+                                  &CPU_CAPABILITY::conv, &CPU_CAPABILITY::se_gate,                           \
+                                  &CPU_CAPABILITY::channel_sums};                                            \
     return table;                                                                                            \
   }                                                                                                          \
   }

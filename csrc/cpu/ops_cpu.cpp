@@ -5,6 +5,7 @@
 #include <ATen/Context.h>
 #include <torch/library.h>
 
+#include <array>
 #include <optional>
 #include <tuple>
 
@@ -54,14 +55,37 @@ void check_like_x(const char* op, const char* name, const at::Tensor& t, const a
                 " must be channels-last (stride of C == 1), got strides ", t.strides());
 }
 
-// A small parameter tensor (weights, biases, gate, sums) as contiguous fp32.
+// A small parameter tensor (weights, biases, gate, sums) as contiguous fp32. An fp32 contiguous
+// tensor is returned as is: the two no-op conversions cost ~0.2 us each through the dispatcher,
+// which counts in a batch-1 SE op of ~10 us.
 at::Tensor as_float_param(const char* op, const char* name, const at::Tensor& t, const at::Tensor& x,
                           at::IntArrayRef shape) {
   TORCH_CHECK(t.device() == x.device(), op, ": ", name, " must be on ", x.device(), " like x, got ", t.device());
   TORCH_CHECK(t.scalar_type() == at::kFloat || t.scalar_type() == x.scalar_type(), op, ": ", name,
               " dtype must be float32 or ", x.scalar_type(), ", got ", t.scalar_type());
   TORCH_CHECK(t.sizes() == shape, op, ": ", name, " must have shape ", shape, ", got ", t.sizes());
+  if (t.scalar_type() == at::kFloat && t.is_contiguous()) return t;
   return t.to(at::kFloat).contiguous();
+}
+
+// An FC weight given as [out, in] or as a 1x1 conv weight [out, in, 1, 1]: its [out, in] shape.
+// The kernels read it through its strides (fc_strides), so no view is made.
+std::array<int64_t, 2> fc_shape(const char* op, const char* name, const at::Tensor& w) {
+  TORCH_CHECK(w.dim() == 2 || (w.dim() == 4 && w.size(2) == 1 && w.size(3) == 1), op, ": ", name,
+              " must be [out, in] or [out, in, 1, 1], got ", w.sizes());
+  return {w.size(0), w.size(1)};
+}
+
+// An FC weight (see fc_shape) as contiguous fp32 [out, in] data: a 4-D [out, in, 1, 1] weight
+// whose first two strides are contiguous is used in place.
+at::Tensor fc_as_float(const char* op, const char* name, const at::Tensor& w, const at::Tensor& x,
+                       std::array<int64_t, 2> shape) {
+  const auto got = fc_shape(op, name, w);
+  TORCH_CHECK(got == shape, op, ": ", name, " must have shape [", shape[0], ", ", shape[1], "] (or [", shape[0],
+              ", ", shape[1], ", 1, 1]), got ", w.sizes());
+  const bool dense = w.stride(1) == 1 && w.stride(0) == shape[1];
+  if (w.dim() == 4 && w.scalar_type() == at::kFloat && w.device() == x.device() && dense) return w;
+  return as_float_param(op, name, w.dim() == 2 ? w : w.flatten(1), x, {shape[0], shape[1]});
 }
 
 // Weight [C_out, C_in/groups, k, k] repacked to fp32 [group][block][kh][kw][ci][nv * lanes],
@@ -198,29 +222,33 @@ at::Tensor gated_conv1x1_cpu(const at::Tensor& x, const at::Tensor& gate, const 
   return run_conv(op, x, w4, bias, 1, 0, 1, residual, relu, gate32, nullptr);
 }
 
+at::Tensor channel_sums_cpu(const at::Tensor& x) {
+  check_activation("channel_sums", x);
+  at::Tensor out = new_output(x, {x.size(0), x.size(1)}, at::kFloat);
+  if (x.numel() == 0) return out.zero_();
+  at::Tensor row_sums = at::empty({x.size(0) * x.size(2), x.size(1)}, x.options().dtype(at::kFloat));
+  selected_kernels().channel_sums(SumsProblem{x.scalar_type(), x.const_data_ptr(), x.size(0), x.size(1), x.size(2),
+                                              x.size(3), x.stride(0), x.stride(2), x.stride(3),
+                                              out.mutable_data_ptr<float>(), row_sums.mutable_data_ptr<float>()});
+  return out;
+}
+
 at::Tensor se_gate_cpu(const at::Tensor& x, const at::Tensor& w1, const at::Tensor& b1, const at::Tensor& w2,
                        const at::Tensor& b2, const std::optional<at::Tensor>& residual, bool relu,
                        const std::optional<at::Tensor>& sums) {
   const char* op = "se_gate";
   check_activation(op, x);
   const int64_t n = x.size(0), c = x.size(1);
-  // FC weights may come as 1x1 conv weights [out, in, 1, 1].
-  auto as_matrix = [&](const at::Tensor& t, const char* name) {
-    TORCH_CHECK(t.dim() == 2 || (t.dim() == 4 && t.size(2) == 1 && t.size(3) == 1), op, ": ", name,
-                " must be [out, in] or [out, in, 1, 1], got ", t.sizes());
-    return t.dim() == 2 ? t : t.flatten(1);
-  };
-  const at::Tensor w1m = as_matrix(w1, "w1"), w2m = as_matrix(w2, "w2");
-  const int64_t c_se = w1m.size(0);
+  const int64_t c_se = fc_shape(op, "w1", w1)[0];
   TORCH_CHECK(c_se >= 1, op, ": w1 must have at least one output, got ", w1.sizes());
-  const at::Tensor w1f = as_float_param(op, "w1", w1m, x, {c_se, c});
+  const at::Tensor w1f = fc_as_float(op, "w1", w1, x, {c_se, c});
   // W2 [c, c_se] with strides (1, c) (a transposed contiguous [c_se, c], as the cpu backend
   // caches it) is read in place: the gate is then computed on whole vectors of channels.
   // Any other layout is made a contiguous [c, c_se].
-  const bool w2_by_input = w2m.scalar_type() == at::kFloat && w2m.device() == x.device() &&
-                           w2m.sizes() == at::IntArrayRef{c, c_se} && c > 1 && w2m.stride(0) == 1 &&
-                           w2m.stride(1) == c;
-  const at::Tensor w2f = w2_by_input ? w2m : as_float_param(op, "w2", w2m, x, {c, c_se});
+  const bool w2_by_input = w2.dim() == 2 && w2.scalar_type() == at::kFloat && w2.device() == x.device() &&
+                           w2.sizes() == at::IntArrayRef{c, c_se} && c > 1 && w2.stride(0) == 1 &&
+                           w2.stride(1) == c;
+  const at::Tensor w2f = w2_by_input ? w2 : fc_as_float(op, "w2", w2, x, {c, c_se});
   const at::Tensor b1f = as_float_param(op, "b1", b1, x, {c_se});
   const at::Tensor b2f = as_float_param(op, "b2", b2, x, {c});
   at::Tensor sums32;
@@ -232,8 +260,8 @@ at::Tensor se_gate_cpu(const at::Tensor& x, const at::Tensor& w1, const at::Tens
 
   at::Tensor y = new_output(x, x.sizes());
   if (y.numel() == 0) return y;
-  at::Tensor gate = at::empty({n, c}, x.options().dtype(at::kFloat));
-  at::Tensor row_sums = sums ? at::Tensor() : at::empty({n * x.size(2), c}, x.options().dtype(at::kFloat));
+  // One scratch allocation: the gate [n][c], then the row sums [n * h][c] when x is summed here.
+  at::Tensor scratch = at::empty({(n + (sums ? 0 : n * x.size(2))) * c}, x.options().dtype(at::kFloat));
   SeProblem p{};
   p.dtype = x.scalar_type();
   p.x = x.const_data_ptr();
@@ -249,8 +277,8 @@ at::Tensor se_gate_cpu(const at::Tensor& x, const at::Tensor& w1, const at::Tens
   p.relu = relu;
   p.y = y.mutable_data_ptr();
   p.y_sn = y.stride(0), p.y_sh = y.stride(2), p.y_sw = y.stride(3);
-  p.gate = gate.mutable_data_ptr<float>();
-  p.row_sums = sums ? nullptr : row_sums.mutable_data_ptr<float>();
+  p.gate = scratch.mutable_data_ptr<float>();
+  p.row_sums = sums ? nullptr : p.gate + n * c;
   selected_kernels().se_gate(p);
   return y;
 }
@@ -262,6 +290,7 @@ TORCH_LIBRARY_IMPL(regnet_kernels, CPU, m) {
   m.impl("conv_bn_act_sums", &conv_bn_act_sums_cpu);
   m.impl("gated_conv1x1", &gated_conv1x1_cpu);
   m.impl("se_gate", &se_gate_cpu);
+  m.impl("channel_sums", &channel_sums_cpu);
 }
 
 }  // namespace cpu

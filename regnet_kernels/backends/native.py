@@ -13,9 +13,16 @@ EXT = _ext.load()
 NAMESPACE = "regnet_kernels"
 
 
+_OPS = {}
+
+
 def native_op(name: str):
-    """torch.ops.regnet_kernels.<name>, or None when the extension is not built."""
-    return getattr(getattr(torch.ops, NAMESPACE), name) if EXT is not None else None
+    """torch.ops.regnet_kernels.<name>, or None when the extension is not built. Looked up once:
+    the torch.ops attribute chain costs ~0.3 us, on every op call at batch 1."""
+    op = _OPS.get(name)
+    if op is None and EXT is not None:
+        op = _OPS[name] = getattr(getattr(torch.ops, NAMESPACE), name)
+    return op
 
 
 if EXT is not None:

@@ -19,13 +19,14 @@ def fail(arg: str, expected: str, got) -> None:
     raise ValueError(f"{arg}: expected {expected}, got {got}")
 
 
-def check_tensor(name: str, t, *, dim: Optional[int] = None, shape: Optional[Sequence[int]] = None,
+def check_tensor(name: str, t, *, dim: Optional[int] = None, shape: Optional[Tuple[int, ...]] = None,
                  like: Optional[Tensor] = None, dtypes: Sequence[torch.dtype] = ALL_DTYPES) -> None:
+    """shape: a tuple (or torch.Size): compared as is, as converting costs time on every op call."""
     if not isinstance(t, Tensor):
         raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
     if dim is not None and t.dim() != dim:
         fail(name, f"a {dim}-D tensor", f"{t.dim()}-D with shape {list(t.shape)}")
-    if shape is not None and t.shape != tuple(shape):
+    if shape is not None and t.shape != shape:
         fail(name, f"shape {list(shape)}", list(t.shape))
     if t.dtype not in dtypes:
         fail(name, f"dtype in {[str(d) for d in dtypes]}", t.dtype)
@@ -68,13 +69,13 @@ def check_conv(x, weight, bias, stride, padding, groups, residual) -> Tuple[int,
     if isinstance(padding, bool) or padding != same:
         fail("padding", f"{same} ('same' padding for a {kh}x{kh} kernel, the only one supported)", padding)
     if bias is not None:
-        check_tensor("bias", bias, shape=[c_out], like=x)
+        check_tensor("bias", bias, shape=(c_out,), like=x)
         check_same_dtype("bias", bias, x)
     out_shape = (n, c_out, conv_out_size(h, kh, stride, padding), conv_out_size(w, kw, stride, padding))
     if out_shape[2] < 1 or out_shape[3] < 1:
         fail("x", "a spatial size that gives a non-empty output", list(x.shape))
     if residual is not None:
-        check_tensor("residual", residual, shape=list(out_shape), like=x)
+        check_tensor("residual", residual, shape=out_shape, like=x)
         check_same_dtype("residual", residual, x)
     return padding, out_shape
 
@@ -85,13 +86,12 @@ def check_fc_weight(name: str, w, rows: Optional[int], cols: Optional[int], like
     Makes no view (a view costs ~1 us, a lot for a batch-1 SE op): fc_matrix() does, where needed."""
     check_tensor(name, w, like=like)
     shape = w.shape
-    if len(shape) == 4 and shape[2] == 1 and shape[3] == 1:
-        shape = shape[:2]
-    if len(shape) != 2:
-        fail(name, "a 2-D [out, in] or 1x1 conv [out, in, 1, 1] weight", list(w.shape))
-    if (rows is not None and shape[0] != rows) or (cols is not None and shape[1] != cols):
-        fail(name, f"shape [{rows if rows is not None else 'any'}, {cols if cols is not None else 'any'}]", list(shape))
-    return shape[0], shape[1]
+    if not (len(shape) == 2 or (len(shape) == 4 and shape[2] == 1 and shape[3] == 1)):
+        fail(name, "a 2-D [out, in] or 1x1 conv [out, in, 1, 1] weight", list(shape))
+    out, in_ = shape[0], shape[1]
+    if (rows is not None and out != rows) or (cols is not None and in_ != cols):
+        fail(name, f"shape [{rows if rows is not None else 'any'}, {cols if cols is not None else 'any'}]", [out, in_])
+    return out, in_
 
 
 def fc_matrix(w: Tensor) -> Tensor:
@@ -127,13 +127,13 @@ def check_gated_conv1x1(x, gate, weight, bias, residual):
     n, c, h, w = x.shape
     weight = as_matrix("weight", weight, None, c, like=x)
     check_same_dtype("weight", weight, x)
-    check_tensor("gate", gate, shape=[n, c], like=x)
+    check_tensor("gate", gate, shape=(n, c), like=x)
     out_shape = (n, weight.shape[0], h, w)
     if bias is not None:
-        check_tensor("bias", bias, shape=[weight.shape[0]], like=x)
+        check_tensor("bias", bias, shape=(weight.shape[0],), like=x)
         check_same_dtype("bias", bias, x)
     if residual is not None:
-        check_tensor("residual", residual, shape=list(out_shape), like=x)
+        check_tensor("residual", residual, shape=out_shape, like=x)
         check_same_dtype("residual", residual, x)
     return weight, out_shape
 
