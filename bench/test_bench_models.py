@@ -33,4 +33,4 @@ def test_model_throughput(benchmark, model_name, batch, config):
     benchmark.extra_info.update(compare.bytes_moved(model_name, batch), rel_err_vs_eager=err, batch=batch,
                                 peak_mb=peak)
     with torch.no_grad():
-        benchmark.pedantic(fn, args=(xin,), rounds=5, warmup_rounds=2, iterations=1)
+        benchmark.pedantic(fn, args=(xin,), rounds=5, warmup_rounds=compare.WARMUP_CALLS, iterations=1)

@@ -21,6 +21,9 @@ backend has them (``extra(op, backend, name)``), so modules never name a backend
                        -> the output written into `residual`'s buffer, or None where it cannot
     gated_conv1x1  separate_gate_pass(x, weight, residual) -> bool: whether the gating costs a
                        pass of its own on these arguments (then the SE op should gate instead)
+                   measure_gate_in_se(x, weight, residual) -> bool: whether gating in the SE op
+                       then a plain conv may still be faster here, which depends on the
+                       machine: a fused Y block then times both schedules (FusedYBlock)
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ class BackendUnavailable(RuntimeError):
     """A forced backend cannot run the given arguments; the message lists why."""
 
 
-EXTRAS = {"conv_bn_act": ("into_residual",), "gated_conv1x1": ("separate_gate_pass",)}
+EXTRAS = {"conv_bn_act": ("into_residual",), "gated_conv1x1": ("separate_gate_pass", "measure_gate_in_se")}
 
 
 @dataclass

@@ -19,7 +19,8 @@ dispatcher picks, or the one given. Activations stay in the layout they arrive i
 
 from __future__ import annotations
 
-from typing import Optional
+import time
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -126,12 +127,17 @@ class FusedConv(nn.Module):
             lambda: gated_op.resolve(x, gate, w, b, residual, True, backend))
         return run(x, gate, w2d, b, residual, True)
 
-    def gates_in_separate_pass(self, x: Tensor, gate: Tensor, residual: Optional[Tensor],
-                               backend: Optional[str] = None) -> bool:
-        """Whether the backend chosen for gated() would gate x in a pass of its own."""
+    def gate_pass_choice(self, x: Tensor, gate: Tensor, residual: Optional[Tensor],
+                         backend: Optional[str] = None) -> Tuple[bool, bool]:
+        """(separate, measure) for gated() on these arguments with the backend chosen for it:
+        whether it would gate x in a pass of its own, and whether that is left to measurement
+        (the backend's extras separate_gate_pass and measure_gate_in_se; False without them)."""
         w2d, name, _ = gated_op.resolve(x, gate, self.weight, self.bias, residual, True, backend)
         separate = dispatch.extra("gated_conv1x1", name, "separate_gate_pass")
-        return separate is not None and separate(x, w2d, residual)
+        measure = dispatch.extra("gated_conv1x1", name, "measure_gate_in_se")
+        if separate is not None and separate(x, w2d, residual):
+            return True, False
+        return False, measure is not None and measure(x, w2d, residual)
 
 
 class FusedXBlock(_InferenceModule):
@@ -179,12 +185,19 @@ class FusedXBlock(_InferenceModule):
 class FusedYBlock(FusedXBlock):
     """Y block: K1, K2 with SE sums, K3 (SE MLP on [N, C]), [projection], K4 with the gate.
 
+    Two schedules for the SE and K4, chosen per input signature:
+    - gate on load (the design's): K2 with sums, K3 on [N, C], K4 scaling its input as it loads it;
+    - gate in the SE op: K2 without sums, se_gate (mean, MLP and x * gate in one op), K4 as a
+      plain 1x1 conv + residual + ReLU.
     When the backend would gate K4's input in a pass of its own anyway (the cpu backend handing a
-    large 1x1 to oneDNN, which has no input scale), the block runs instead: K2 without sums,
-    se_gate (mean, MLP and x * gate in one op), K4 as a 1x1 conv + residual + ReLU. Same passes
-    over memory, one op instead of the SE's ~8 small ones. The choice is made on the first call
-    of each input signature, from the backends' own rules.
+    large 1x1 to oneDNN, which has no input scale), gating in the SE op costs the same passes with
+    one op instead of the SE's ~8 small ones: it is taken at once. When the backend says the
+    choice depends on the machine (`measure_gate_in_se`: our gated 1x1 against oneDNN's plain 1x1
+    after a gating pass), the block times both schedules on its next calls (SCHEDULE_TRIALS each,
+    alternating, the best of each) and keeps the faster. Otherwise it gates on load.
     """
+
+    SCHEDULE_TRIALS = 3
 
     def __init__(self, block: nn.Module, dtype: torch.dtype, backend: Optional[str] = None):
         super().__init__(block, dtype, backend)
@@ -194,15 +207,32 @@ class FusedYBlock(FusedXBlock):
         self.register_buffer("se_b1", fc1.bias.detach().float().clone())
         self.register_buffer("se_w2", fc2.weight.detach()[:, :, 0, 0].float().clone())
         self.register_buffer("se_b2", fc2.bias.detach().float().clone())
-        self.gate_in_se = {}  # input signature -> bool (see the class docstring)
+        self.gate_in_se = {}  # input signature -> bool: the schedule chosen (see the class docstring)
+        self.schedule_trials = {}  # input signature -> {gate_in_se: [seconds, ...]} while timing both
         self.resolved_se = _ResolvedOps()
+        self.clock = time.perf_counter  # what the schedule trials are timed with
+
+    def _schedule(self, key):
+        """(gate in the SE op?, trial): trial is None once the schedule is fixed (or when
+        compiling), "first" on a signature's first call, else the timings being collected."""
+        if key is None:
+            return False, None
+        in_se = self.gate_in_se.get(key)
+        if in_se is not None:
+            return in_se, None
+        trials = self.schedule_trials.get(key)
+        if trials is None:
+            return False, "first"
+        return len(trials[True]) < len(trials[False]), trials
 
     def forward(self, x: Tensor) -> Tensor:
         self._check_eval()
         shortcut = self.shortcut(x)
         a = self.a(x, backend=self.backend)
-        key = _signature(a, shortcut, flags=(self.backend,))
-        if not torch.compiler.is_compiling() and self.gate_in_se.get(key, False):
+        key = None if torch.compiler.is_compiling() else _signature(a, shortcut, flags=(self.backend,))
+        in_se, trial = self._schedule(key)
+        start = self.clock() if trial is not None else 0.0
+        if in_se:
             b = self.b(a, backend=self.backend)
             del a  # dropped as soon as consumed (see FusedXBlock.forward)
             se = (self.se_w1, self.se_b1, self.se_w2, self.se_b2)
@@ -210,13 +240,25 @@ class FusedYBlock(FusedXBlock):
                                        lambda: se_gate_op.resolve(b, *se, None, False, None, self.backend))
             gated = run(b, *se, None, False, None)
             del b
-            return self.k4(gated, shortcut)
-        b, sums = self.b(a, channel_sums=True, backend=self.backend)
-        del a
-        gate = se_excite(sums, b.shape[2] * b.shape[3], self.se_w1, self.se_b1, self.se_w2, self.se_b2)
-        if not torch.compiler.is_compiling() and key not in self.gate_in_se:
-            self.gate_in_se[key] = self.c.gates_in_separate_pass(b, gate, shortcut, backend=self.backend)
-        return self.c.gated(b, gate, shortcut, backend=self.backend)
+            y = self.k4(gated, shortcut)
+        else:
+            b, sums = self.b(a, channel_sums=True, backend=self.backend)
+            del a
+            gate = se_excite(sums, b.shape[2] * b.shape[3], self.se_w1, self.se_b1, self.se_w2, self.se_b2)
+            if trial == "first":
+                separate, measure = self.c.gate_pass_choice(b, gate, shortcut, backend=self.backend)
+                if measure:
+                    self.schedule_trials[key] = {False: [], True: []}  # the first call (packing) not counted
+                else:
+                    self.gate_in_se[key] = separate
+                trial = None
+            y = self.c.gated(b, gate, shortcut, backend=self.backend)
+        if trial is not None:
+            trial[in_se].append(self.clock() - start)
+            if min(len(t) for t in trial.values()) >= self.SCHEDULE_TRIALS:
+                self.gate_in_se[key] = min(trial[True]) < min(trial[False])
+                self.schedule_trials.pop(key, None)
+        return y
 
 
 class FusedStem(_InferenceModule):

@@ -9,6 +9,7 @@ from torch import nn
 
 import regnet
 import regnet_kernels as rk
+from regnet_kernels.modules import FusedYBlock
 from kernel_cases import rel_err
 
 
@@ -64,9 +65,28 @@ def test_fp32_outputs_match_the_original(label, model, cpu_route, monkeypatch):
     assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
 
 
-def test_y_blocks_take_both_schedules_and_agree():
-    """On the oneDNN route, Y blocks with large K4 weights gate in the SE op (se_gate, then a plain
-    1x1 conv), small ones gate on load (gated_conv1x1); both must match the original."""
+def _slow_down(block, schedule_in_se: bool):
+    """Make one of a Y block's two schedules look 10x slower to its trial clock: the clock is a
+    counter that the wrapped last op of each schedule advances (by 10 or 1)."""
+    now = [0.0]
+    block.clock = lambda: now[0]
+    gated, k4 = block.c.gated, block.k4
+
+    def timed(fn, cost):
+        def run(*args, **kwargs):
+            now[0] += cost
+            return fn(*args, **kwargs)
+        return run
+
+    block.c.gated = timed(gated, 1.0 if schedule_in_se else 10.0)  # the gate-on-load schedule's K4
+    block.k4 = timed(k4, 10.0 if schedule_in_se else 1.0)  # the gate-in-SE schedule's K4
+
+
+@pytest.mark.parametrize("faster", ("gate_on_load", "gate_in_se"))
+def test_y_blocks_choose_their_schedule_and_agree(faster):
+    """On the oneDNN route, Y blocks with large K4 weights gate in the SE op at once (se_gate, then
+    a plain 1x1 conv); the others time both schedules on their first calls and keep the faster.
+    Every call, during the trials too, must match the original."""
     from regnet_kernels.backends import cpu as cpu_backend
 
     if not cpu_backend.ONEDNN_ENABLED or not cpu_backend._use_onednn(
@@ -74,13 +94,20 @@ def test_y_blocks_take_both_schedules_and_agree():
         pytest.skip("no oneDNN route on this machine: every Y block gates on load")
     model = _randomize_bn(regnet.create_model("regnety_004"))
     fused = rk.optimize(model)
-    for _ in range(2):
-        x = torch.randn(1, 3, 64, 64)
-        with torch.no_grad():
-            ref, out = model(x), fused(x)
-        assert (out - ref).abs().max().item() <= 1e-4
-    schedules = [v for m in fused.modules() for v in getattr(m, "gate_in_se", {}).values()]
-    assert True in schedules and False in schedules, schedules
+    blocks = [m for m in fused.modules() if isinstance(m, FusedYBlock)]
+    for block in blocks:
+        _slow_down(block, schedule_in_se=faster == "gate_on_load")
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        ref = model(x)
+        for _ in range(2 + 2 * FusedYBlock.SCHEDULE_TRIALS):
+            assert (fused(x) - ref).abs().max().item() <= 1e-4
+    assert all(len(b.gate_in_se) == 1 and not b.schedule_trials for b in blocks), "a schedule left undecided"
+    large = [b.c.weight.numel() >= cpu_backend.ONEDNN_GATED_MIN_WEIGHTS for b in blocks]
+    assert any(large) and not all(large), "the model no longer has both kinds of Y block"
+    for block, is_large in zip(blocks, large):
+        expected = True if is_large else faster == "gate_in_se"
+        assert list(block.gate_in_se.values()) == [expected], (block.c.weight.shape, faster)
 
 
 def test_blocks_reuse_only_buffers_they_own():

@@ -214,6 +214,14 @@ def separate_gate_pass(x, weight, residual) -> bool:
     return weight.numel() >= ONEDNN_GATED_MIN_WEIGHTS and _use_onednn(x, weight[:, :, None, None], 1, residual)
 
 
+def measure_gate_in_se(x, weight, residual) -> bool:
+    """Whether a fused Y block should time gating in the SE op (then oneDNN's plain 1x1 conv)
+    against our gated 1x1 on these arguments: below ONEDNN_GATED_MIN_WEIGHTS, where the winner
+    depends on the machine (an Intel Xeon: ours by ~20% per K4 at batch 1; an AMD EPYC: the
+    oneDNN schedule by 4-5% over a RegNetY-400MF forward at batch 1 and 16; bench/NOTES.md)."""
+    return not separate_gate_pass(x, weight, residual) and _use_onednn(x, weight[:, :, None, None], 1, residual)
+
+
 def gated_run(x, gate, weight, bias, residual, relu):
     if separate_gate_pass(x, weight, residual):
         # oneDNN has no per-(n, c) input scale: the gated input costs one extra pass over x.
@@ -223,4 +231,5 @@ def gated_run(x, gate, weight, bias, residual, relu):
 
 dispatch.register("conv_bn_act", NAME, conv_supports, conv_run, into_residual=conv_into_residual)
 dispatch.register("se_gate", NAME, se_supports, se_run)
-dispatch.register("gated_conv1x1", NAME, gated_supports, gated_run, separate_gate_pass=separate_gate_pass)
+dispatch.register("gated_conv1x1", NAME, gated_supports, gated_run, separate_gate_pass=separate_gate_pass,
+                  measure_gate_in_se=measure_gate_in_se)
