@@ -38,7 +38,7 @@ sys.path.insert(0, os.path.dirname(HERE))
 import regnet  # noqa: E402
 from regnet.checkpoint import atomic_write  # noqa: E402
 import regnet_kernels as rk  # noqa: E402
-from regnet_kernels.modules import FusedYBlock  # noqa: E402
+from regnet_kernels.modules import SETTLE_CALLS  # noqa: E402
 
 RESULTS_DIR = os.path.join(HERE, "results")
 DEFAULT_MODELS = ["regnetx_002", "regnetx_004", "regnety_004", "regnety_016"]
@@ -289,9 +289,9 @@ def time_forward(fn: Callable, x: torch.Tensor, min_time: float, min_iters: int 
     return times
 
 
-# Calls before timing: compilation and weight packing on the first, and the optimized model's Y
-# blocks time their two schedules on the next 2 * SCHEDULE_TRIALS (FusedYBlock) before settling.
-WARMUP_CALLS = 2 + 2 * FusedYBlock.SCHEDULE_TRIALS
+# Calls before timing: compilation and weight packing on the first, and the optimized model times
+# its machine-dependent choices (conv routes, Y-block schedules) on its first SETTLE_CALLS.
+WARMUP_CALLS = max(3, SETTLE_CALLS)
 
 
 def prepare(model_name: str, batch: int, config: str, resolution: int = 224):

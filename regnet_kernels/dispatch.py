@@ -19,6 +19,9 @@ backend has them (``extra(op, backend, name)``), so modules never name a backend
 
     conv_bn_act    into_residual(x, weight, bias, stride, padding, groups, residual, relu)
                        -> the output written into `residual`'s buffer, or None where it cannot
+                   routes(*args of run) -> implementations (each taking run's arguments) whose
+                       speed on these arguments depends on the machine: a fused conv times them
+                       on its first calls and keeps the fastest (empty: just run)
     gated_conv1x1  separate_gate_pass(x, weight, residual) -> bool: whether the gating costs a
                        pass of its own on these arguments (then the SE op should gate instead)
                    measure_gate_in_se(x, weight, residual) -> bool: whether gating in the SE op
@@ -49,7 +52,7 @@ class BackendUnavailable(RuntimeError):
     """A forced backend cannot run the given arguments; the message lists why."""
 
 
-EXTRAS = {"conv_bn_act": ("into_residual",), "gated_conv1x1": ("separate_gate_pass", "measure_gate_in_se")}
+EXTRAS = {"conv_bn_act": ("into_residual", "routes"), "gated_conv1x1": ("separate_gate_pass", "measure_gate_in_se")}
 
 
 @dataclass

@@ -83,6 +83,47 @@ class _ResolvedOps:
         return hit
 
 
+class _Trials:
+    """A choice between options that depends on the machine, made by timing them: on the first
+    calls of each input signature the options run in turn, 1 + TRIALS times each (the first run
+    of each not counted: weight packing, first touch of buffers), and the one with the best time
+    is kept. Timed with `clock` (tests replace it). Callers skip it under torch.compile, whose
+    graph cannot hold this Python state."""
+
+    TRIALS = 3
+
+    def __init__(self):
+        self.chosen = {}   # signature -> index of the option kept
+        self.samples = {}  # signature -> seconds per option, while timing
+        self.clock = time.perf_counter
+
+    def begin(self, key, options: int) -> None:
+        self.samples.setdefault(key, [[] for _ in range(options)])
+
+    def pick(self, key):
+        """(option to run, its samples list to record into, or None once the choice is made)."""
+        chosen = self.chosen.get(key)
+        if chosen is not None:
+            return chosen, None
+        samples = self.samples[key]
+        option = min(range(len(samples)), key=lambda i: len(samples[i]))
+        return option, samples
+
+    def record(self, key, samples, option: int, seconds: float) -> Optional[int]:
+        """Add a timing; return the chosen option once every option has its trials, else None."""
+        samples[option].append(seconds)
+        if any(len(s) <= self.TRIALS for s in samples):
+            return None
+        chosen = self.chosen[key] = min(range(len(samples)), key=lambda i: min(samples[i][1:]))
+        self.samples.pop(key, None)
+        return chosen
+
+
+# Calls of one input signature after which every timed choice of a fused model is made: a Y
+# block's first call, then its two schedules (1 + TRIALS each); a conv's routes take 2 * (1 + TRIALS).
+SETTLE_CALLS = 1 + 2 * (1 + _Trials.TRIALS)
+
+
 class FusedConv(nn.Module):
     """Folded (weight, bias) of a conv + eval BN, with its stride and groups."""
 
@@ -93,13 +134,31 @@ class FusedConv(nn.Module):
         self.register_buffer("bias", b)
         self.stride, self.groups = conv.stride[0], conv.groups
         self.resolved = _ResolvedOps()
+        self.route_trials = _Trials()  # where the backend offers several routes (its `routes` extra)
 
     def forward(self, x: Tensor, residual: Optional[Tensor] = None, relu: bool = True, channel_sums: bool = False,
                 backend: Optional[str] = None):
         w, b = self.weight, self.bias
-        padding, _, run = self.resolved.get(
-            _signature(x, residual, w, flags=(relu, channel_sums, backend)),
-            lambda: conv_op.resolve(x, w, b, self.stride, None, self.groups, residual, relu, channel_sums, backend))
+
+        def resolve():
+            padding, name, run = conv_op.resolve(x, w, b, self.stride, None, self.groups, residual, relu,
+                                                 channel_sums, backend)
+            routes = dispatch.extra("conv_bn_act", name, "routes")
+            routes = routes(x, w, b, self.stride, padding, self.groups, residual, relu, channel_sums) if routes else ()
+            if routes:
+                self.route_trials.begin(key, len(routes))
+            return padding, run, routes
+
+        key = _signature(x, residual, w, flags=(relu, channel_sums, backend))
+        padding, run, routes = self.resolved.get(key, resolve)
+        if routes and not torch.compiler.is_compiling():
+            option, samples = self.route_trials.pick(key)
+            if samples is not None:
+                start = self.route_trials.clock()
+                y = routes[option](x, w, b, self.stride, padding, self.groups, residual, relu, channel_sums)
+                self.route_trials.record(key, samples, option, self.route_trials.clock() - start)
+                return y
+            run = routes[option]
         return run(x, w, b, self.stride, padding, self.groups, residual, relu, channel_sums)
 
     def into_residual(self, x: Tensor, residual: Tensor, backend: Optional[str] = None) -> Tensor:
@@ -193,11 +252,9 @@ class FusedYBlock(FusedXBlock):
     large 1x1 to oneDNN, which has no input scale), gating in the SE op costs the same passes with
     one op instead of the SE's ~8 small ones: it is taken at once. When the backend says the
     choice depends on the machine (`measure_gate_in_se`: our gated 1x1 against oneDNN's plain 1x1
-    after a gating pass), the block times both schedules on its next calls (SCHEDULE_TRIALS each,
-    alternating, the best of each) and keeps the faster. Otherwise it gates on load.
+    after a gating pass), the block times both schedules on its next calls (_Trials: 1 + TRIALS
+    runs each, the first not counted) and keeps the faster. Otherwise it gates on load.
     """
-
-    SCHEDULE_TRIALS = 3
 
     def __init__(self, block: nn.Module, dtype: torch.dtype, backend: Optional[str] = None):
         super().__init__(block, dtype, backend)
@@ -208,22 +265,21 @@ class FusedYBlock(FusedXBlock):
         self.register_buffer("se_w2", fc2.weight.detach()[:, :, 0, 0].float().clone())
         self.register_buffer("se_b2", fc2.bias.detach().float().clone())
         self.gate_in_se = {}  # input signature -> bool: the schedule chosen (see the class docstring)
-        self.schedule_trials = {}  # input signature -> {gate_in_se: [seconds, ...]} while timing both
+        self.schedule_trials = _Trials()  # options: 0 gate on load, 1 gate in the SE op
         self.resolved_se = _ResolvedOps()
-        self.clock = time.perf_counter  # what the schedule trials are timed with
 
     def _schedule(self, key):
         """(gate in the SE op?, trial): trial is None once the schedule is fixed (or when
-        compiling), "first" on a signature's first call, else the timings being collected."""
+        compiling), "first" on a signature's first call, else the samples being collected."""
         if key is None:
             return False, None
         in_se = self.gate_in_se.get(key)
         if in_se is not None:
             return in_se, None
-        trials = self.schedule_trials.get(key)
-        if trials is None:
+        if key not in self.schedule_trials.samples:
             return False, "first"
-        return len(trials[True]) < len(trials[False]), trials
+        option, samples = self.schedule_trials.pick(key)
+        return bool(option), samples
 
     def forward(self, x: Tensor) -> Tensor:
         self._check_eval()
@@ -231,7 +287,8 @@ class FusedYBlock(FusedXBlock):
         a = self.a(x, backend=self.backend)
         key = None if torch.compiler.is_compiling() else _signature(a, shortcut, flags=(self.backend,))
         in_se, trial = self._schedule(key)
-        start = self.clock() if trial is not None else 0.0
+        clock = self.schedule_trials.clock
+        start = clock() if trial is not None else 0.0
         if in_se:
             b = self.b(a, backend=self.backend)
             del a  # dropped as soon as consumed (see FusedXBlock.forward)
@@ -248,16 +305,15 @@ class FusedYBlock(FusedXBlock):
             if trial == "first":
                 separate, measure = self.c.gate_pass_choice(b, gate, shortcut, backend=self.backend)
                 if measure:
-                    self.schedule_trials[key] = {False: [], True: []}  # the first call (packing) not counted
+                    self.schedule_trials.begin(key, 2)
                 else:
                     self.gate_in_se[key] = separate
                 trial = None
             y = self.c.gated(b, gate, shortcut, backend=self.backend)
         if trial is not None:
-            trial[in_se].append(self.clock() - start)
-            if min(len(t) for t in trial.values()) >= self.SCHEDULE_TRIALS:
-                self.gate_in_se[key] = min(trial[True]) < min(trial[False])
-                self.schedule_trials.pop(key, None)
+            chosen = self.schedule_trials.record(key, trial, int(in_se), clock() - start)
+            if chosen is not None:
+                self.gate_in_se[key] = bool(chosen)
         return y
 
 

@@ -5,11 +5,12 @@ import copy
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import regnet
 import regnet_kernels as rk
-from regnet_kernels.modules import FusedYBlock
+from regnet_kernels.modules import SETTLE_CALLS, FusedConv, FusedYBlock
 from kernel_cases import rel_err
 
 
@@ -69,7 +70,7 @@ def _slow_down(block, schedule_in_se: bool):
     """Make one of a Y block's two schedules look 10x slower to its trial clock: the clock is a
     counter that the wrapped last op of each schedule advances (by 10 or 1)."""
     now = [0.0]
-    block.clock = lambda: now[0]
+    block.schedule_trials.clock = lambda: now[0]
     gated, k4 = block.c.gated, block.k4
 
     def timed(fn, cost):
@@ -100,14 +101,52 @@ def test_y_blocks_choose_their_schedule_and_agree(faster):
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         ref = model(x)
-        for _ in range(2 + 2 * FusedYBlock.SCHEDULE_TRIALS):
+        for _ in range(SETTLE_CALLS):
             assert (fused(x) - ref).abs().max().item() <= 1e-4
-    assert all(len(b.gate_in_se) == 1 and not b.schedule_trials for b in blocks), "a schedule left undecided"
+    assert all(len(b.gate_in_se) == 1 and not b.schedule_trials.samples for b in blocks), "a schedule left undecided"
     large = [b.c.weight.numel() >= cpu_backend.ONEDNN_GATED_MIN_WEIGHTS for b in blocks]
     assert any(large) and not all(large), "the model no longer has both kinds of Y block"
     for block, is_large in zip(blocks, large):
         expected = True if is_large else faster == "gate_in_se"
         assert list(block.gate_in_se.values()) == [expected], (block.c.weight.shape, faster)
+
+
+@pytest.mark.parametrize("faster", (0, 1), ids=("onednn_faster", "native_faster"))
+def test_fused_conv_times_the_backend_routes_and_keeps_the_faster(faster, monkeypatch):
+    """Where the cpu backend offers two routes (oneDNN, our kernel), a fused conv times both on its
+    first calls (a fake clock here makes one 10x slower) and then runs only the faster; every
+    output matches float64."""
+    from regnet_kernels.backends import cpu as cpu_backend
+
+    x = torch.randn(2, 32, 9, 9).to(memory_format=torch.channels_last)
+    conv, bn = nn.Conv2d(32, 32, 3, 1, 1, groups=4, bias=False), nn.BatchNorm2d(32).eval()
+    with torch.no_grad():
+        for t in (bn.weight, bn.bias, bn.running_mean):
+            t.normal_()
+        bn.running_var.uniform_(0.5, 2.0)
+    fused = FusedConv(conv, bn, torch.float32)
+    if not cpu_backend.conv_routes(x, fused.weight, fused.bias, 1, 1, 4, None, True, False):
+        pytest.skip("no oneDNN route on this machine: one route, nothing to time")
+    now, runs = [0.0], []
+
+    def timed(name, fn, cost):
+        def run(*args):
+            now[0] += cost
+            runs.append(name)
+            return fn(*args)
+        return run
+
+    monkeypatch.setattr(cpu_backend, "conv_onednn", timed("onednn", cpu_backend.conv_onednn, 1.0 if faster == 0 else 10.0))
+    monkeypatch.setattr(cpu_backend, "conv_native", timed("native", cpu_backend.conv_native, 10.0 if faster == 0 else 1.0))
+    fused.route_trials.clock = lambda: now[0]
+    with torch.no_grad():
+        ref = torch.relu(bn.double()(F.conv2d(x.double(), conv.weight.double(), None, 1, 1, 1, 4)))
+        for _ in range(SETTLE_CALLS + 2):
+            assert rel_err(fused(x), ref) <= 1e-5
+    trial_runs = 2 * (1 + fused.route_trials.TRIALS)
+    assert sorted(runs[:trial_runs]) == ["native"] * (trial_runs // 2) + ["onednn"] * (trial_runs // 2), runs
+    assert set(runs[trial_runs:]) == {("onednn", "native")[faster]}, runs
+    assert not fused.route_trials.samples and list(fused.route_trials.chosen.values()) == [faster]
 
 
 def test_blocks_reuse_only_buffers_they_own():

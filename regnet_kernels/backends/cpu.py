@@ -181,13 +181,29 @@ def conv_into_residual(x, weight, bias, stride, padding, groups, residual, relu)
     return _onednn_conv(x, weight, bias, stride, padding, groups, residual, relu, into_residual=True)
 
 
-def conv_run(x, weight, bias, stride, padding, groups, residual, relu, channel_sums):
-    if _use_onednn(x, weight, groups, residual):
-        y = _onednn_conv(x, weight, bias, stride, padding, groups, residual, relu)
-        return (y, native_op("channel_sums")(y)) if channel_sums else y
+def conv_onednn(x, weight, bias, stride, padding, groups, residual, relu, channel_sums):
+    y = _onednn_conv(x, weight, bias, stride, padding, groups, residual, relu)
+    return (y, native_op("channel_sums")(y)) if channel_sums else y
+
+
+def conv_native(x, weight, bias, stride, padding, groups, residual, relu, channel_sums):
     if channel_sums:
         return native_op("conv_bn_act_sums")(x, weight, bias, stride, padding, groups, relu)
     return native_op("conv_bn_act")(x, weight, bias, stride, padding, groups, residual, relu)
+
+
+def conv_run(x, weight, bias, stride, padding, groups, residual, relu, channel_sums):
+    if _use_onednn(x, weight, groups, residual):
+        return conv_onednn(x, weight, bias, stride, padding, groups, residual, relu, channel_sums)
+    return conv_native(x, weight, bias, stride, padding, groups, residual, relu, channel_sums)
+
+
+def conv_routes(x, weight, bias, stride, padding, groups, residual, relu, channel_sums):
+    """Both routes where oneDNN takes these arguments by default: which is faster depends on the
+    machine and the shape (an AMD EPYC, RegNetX-400MF at batch 16: our kernel 1.4-2x faster on
+    the first convs of stages 1 and 3, oneDNN on most others; bench/NOTES.md), so a fused conv
+    times them. Empty where only our kernel applies."""
+    return (conv_onednn, conv_native) if _use_onednn(x, weight, groups, residual) else ()
 
 
 def se_supports(*, x, w1, b1, w2, b2, residual=None, relu=False, sums=None, forced=False) -> List[str]:
@@ -229,7 +245,7 @@ def gated_run(x, gate, weight, bias, residual, relu):
     return native_op("gated_conv1x1")(x, gate, weight, bias, residual, relu)
 
 
-dispatch.register("conv_bn_act", NAME, conv_supports, conv_run, into_residual=conv_into_residual)
+dispatch.register("conv_bn_act", NAME, conv_supports, conv_run, into_residual=conv_into_residual, routes=conv_routes)
 dispatch.register("se_gate", NAME, se_supports, se_run)
 dispatch.register("gated_conv1x1", NAME, gated_supports, gated_run, separate_gate_pass=separate_gate_pass,
                   measure_gate_in_se=measure_gate_in_se)
