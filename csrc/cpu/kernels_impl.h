@@ -276,33 +276,37 @@ inline int64_t se_grain_rows(int64_t row_elements) {
   return std::max<int64_t>(1, kSeMinTaskElements / std::max<int64_t>(1, row_elements));
 }
 
+// Adds NV vectors of x's channels at c0 (the last with `last` lanes) summed over `pixels` pixels
+// (pixel stride ps) into acc: NV independent chains of adds held in registers.
+template <int NV, typename scalar_t>
+inline void add_pixel_sums_block(const scalar_t* x, int64_t pixels, int64_t ps, int64_t c0, int64_t last, float* acc) {
+  const auto lanes = [&](int k) { return k == NV - 1 ? last : kLanes; };
+  Vec s[NV];
+  for (int k = 0; k < NV; ++k) s[k] = Vec::loadu(acc + c0 + k * kLanes, lanes(k));
+  for (int64_t i = 0; i < pixels; ++i) {
+    const scalar_t* px = x + i * ps + c0;
+    for (int k = 0; k < NV; ++k)
+      s[k] = s[k] + (lanes(k) == kLanes ? load_as_float(px + k * kLanes) : load_as_float(px + k * kLanes, lanes(k)));
+  }
+  for (int k = 0; k < NV; ++k) s[k].store(acc + c0 + k * kLanes, lanes(k));
+}
+
 // Adds x's channels [0, c) summed over `pixels` pixels (pixel stride ps) into acc (fp32).
-// Blocks of 4 vectors of channels stay in registers across the pixels: one load and one add per
-// input vector. (A load-add-store of acc per pixel and vector made each add wait on the
-// previous pixel's store: ~3x slower, and channel_sums was the generic, non-vector build.)
+// Blocks of 4 vectors of channels stay in registers across the pixels (one load and one add per
+// input vector), and the last 1-4 vectors (C = 48: 3) go together, so each block has independent
+// add chains. (A load-add-store of acc per pixel and vector made each add wait on the previous
+// pixel's store: ~3x slower; and channel_sums was the generic, non-vector build.)
 template <typename scalar_t>
 inline void add_pixel_sums(const scalar_t* x, int64_t pixels, int64_t ps, int64_t c, float* acc) {
-  constexpr int64_t kBlock = 4 * kLanes;
   int64_t c0 = 0;
-  for (; c0 + kBlock <= c; c0 += kBlock) {
-    Vec s[4];
-    for (int k = 0; k < 4; ++k) s[k] = Vec::loadu(acc + c0 + k * kLanes);
-    for (int64_t i = 0; i < pixels; ++i) {
-      const scalar_t* px = x + i * ps + c0;
-      for (int k = 0; k < 4; ++k) s[k] = s[k] + load_as_float(px + k * kLanes);
-    }
-    for (int k = 0; k < 4; ++k) s[k].store(acc + c0 + k * kLanes);
-  }
-  for (; c0 + kLanes <= c; c0 += kLanes) {
-    Vec s = Vec::loadu(acc + c0);
-    for (int64_t i = 0; i < pixels; ++i) s = s + load_as_float(x + i * ps + c0);
-    s.store(acc + c0);
-  }
-  if (c0 < c) {
-    const int64_t count = c - c0;
-    Vec s = Vec::loadu(acc + c0, count);
-    for (int64_t i = 0; i < pixels; ++i) s = s + load_as_float(x + i * ps + c0, count);
-    s.store(acc + c0, count);
+  for (; c0 + 4 * kLanes <= c; c0 += 4 * kLanes) add_pixel_sums_block<4>(x, pixels, ps, c0, kLanes, acc);
+  const int64_t rem = c - c0, nvec = (rem + kLanes - 1) / kLanes, last = rem - (nvec - 1) * kLanes;
+  switch (nvec) {
+    case 1: add_pixel_sums_block<1>(x, pixels, ps, c0, last, acc); break;
+    case 2: add_pixel_sums_block<2>(x, pixels, ps, c0, last, acc); break;
+    case 3: add_pixel_sums_block<3>(x, pixels, ps, c0, last, acc); break;
+    case 4: add_pixel_sums_block<4>(x, pixels, ps, c0, last, acc); break;
+    default: break;  // rem == 0
   }
 }
 
