@@ -17,11 +17,15 @@ verdict, which ``python -m regnet_kernels.info`` prints.
 A backend may also register named extras with an op: options fused modules use when the chosen
 backend has them (``extra(op, backend, name)``), so modules never name a backend:
 
-    conv_bn_act    into_residual(x, weight, bias, stride, padding, groups, residual, relu)
-                       -> the output written into `residual`'s buffer, or None where it cannot
-                   routes(*args of run) -> implementations (each taking run's arguments) whose
-                       speed on these arguments depends on the machine: a fused conv times them
-                       on its first calls and keeps the fastest (empty: just run)
+    conv_bn_act    bind(*args of run) -> run(x, weight, bias, residual): the implementation for
+                       every call whose arguments have the same signature, with its choices
+                       made once (fused modules bind once per input signature)
+                   into_residual(x, weight, bias, stride, padding, groups, residual, relu)
+                       -> bound run(x, weight, bias, residual) writing the output into
+                       `residual`'s buffer, or None where it cannot
+                   routes(*args of run) -> binders (like bind) of implementations whose speed on
+                       these arguments depends on the machine: a fused conv times them on its
+                       first calls and keeps the fastest (empty: bind, or run)
     gated_conv1x1  separate_gate_pass(x, weight, residual) -> bool: whether the gating costs a
                        pass of its own on these arguments (then the SE op should gate instead)
                    measure_gate_in_se(x, weight, residual) -> bool: whether gating in the SE op
@@ -52,7 +56,7 @@ class BackendUnavailable(RuntimeError):
     """A forced backend cannot run the given arguments; the message lists why."""
 
 
-EXTRAS = {"conv_bn_act": ("into_residual", "routes"), "gated_conv1x1": ("separate_gate_pass", "measure_gate_in_se")}
+EXTRAS = {"conv_bn_act": ("bind", "into_residual", "routes"), "gated_conv1x1": ("separate_gate_pass", "measure_gate_in_se")}
 
 
 @dataclass

@@ -19,6 +19,7 @@ dispatcher picks, or the one given. Activations stay in the layout they arrive i
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Optional, Tuple
 
@@ -57,6 +58,55 @@ class _InferenceModule(nn.Module):
             raise RuntimeError(TRAINING_ERROR.format(name=type(self).__name__))
         if torch.jit.is_tracing():
             raise RuntimeError(TRACE_ERROR)
+
+
+def _stash(module: nn.Module, name: str, value) -> None:
+    """Note what an op call bound, for the block's plan (plain dict write: nn.Module.__setattr__
+    costs ~1 us). Tagged with the thread: a model shared by server threads must not build one
+    thread's plan from another's call."""
+    module.__dict__[name] = (threading.get_ident(), value)
+
+
+def _stashed(module: nn.Module, name: str):
+    """What this thread's last call stashed under `name`, else None."""
+    tagged = module.__dict__.get(name)
+    return tagged[1] if tagged is not None and tagged[0] == threading.get_ident() else None
+
+
+def _has_hooks(module: nn.Module) -> bool:
+    return any(m._forward_hooks or m._forward_pre_hooks for m in module.modules())
+
+
+class _Planned(_InferenceModule):
+    """A block that, once every choice for an input signature is made (backend, routes, schedule),
+    runs that signature as a plan: one closure calling the bound implementations in order, without
+    the per-op module calls, signatures and cache lookups (~10 us an op at batch 1 in a real
+    forward, where the Python state is out of cache: regnetx_004 batch 1 10.7 -> 9.3 ms,
+    bench/NOTES.md Step 8). Weights are read from the modules on every call. Not under
+    torch.compile (it traces the ops), and not for a block with forward hooks on it or its
+    modules when the plan would be made (they would not be called)."""
+
+    def __init__(self):
+        super().__init__()
+        self.plans = {}  # input signature -> plan(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        self._check_eval()
+        if torch.compiler.is_compiling():
+            return self._run_ops(x)
+        key = _signature(x)
+        plan = self.plans.get(key)
+        if plan is not None:
+            return plan(x)
+        y = self._run_ops(x)
+        plan = self._make_plan()
+        if plan is not None and not _has_hooks(self):
+            self.plans[key] = plan
+        return y
+
+    def _apply(self, fn, recurse=True):
+        self.plans.clear()  # .to(), .float(), ...: the bound calls were made for the old tensors
+        return super()._apply(fn, recurse)
 
 
 def _signature(*tensors, flags=()):
@@ -119,9 +169,11 @@ class _Trials:
         return chosen
 
 
-# Calls of one input signature after which every timed choice of a fused model is made: a Y
-# block's first call, then its two schedules (1 + TRIALS each); a conv's routes take 2 * (1 + TRIALS).
-SETTLE_CALLS = 1 + 2 * (1 + _Trials.TRIALS)
+# Calls of one input signature after which every timed choice of a fused model is made and its
+# blocks run their plans: a Y block's first call, its two schedules (1 + TRIALS runs each); the
+# convs of the schedule it keeps have had half their route trials by then (2 * (1 + TRIALS) runs
+# in all); the plan is made on the call after and used from the next.
+SETTLE_CALLS = 1 + 2 * (1 + _Trials.TRIALS) + (1 + _Trials.TRIALS) + 1
 
 
 class FusedConv(nn.Module):
@@ -139,44 +191,57 @@ class FusedConv(nn.Module):
     def forward(self, x: Tensor, residual: Optional[Tensor] = None, relu: bool = True, channel_sums: bool = False,
                 backend: Optional[str] = None):
         w, b = self.weight, self.bias
-
-        def resolve():
-            padding, name, run = conv_op.resolve(x, w, b, self.stride, None, self.groups, residual, relu,
-                                                 channel_sums, backend)
-            routes = dispatch.extra("conv_bn_act", name, "routes")
-            routes = routes(x, w, b, self.stride, padding, self.groups, residual, relu, channel_sums) if routes else ()
-            if routes:
-                self.route_trials.begin(key, len(routes))
-            return padding, run, routes
-
         key = _signature(x, residual, w, flags=(relu, channel_sums, backend))
-        padding, run, routes = self.resolved.get(key, resolve)
-        if routes and not torch.compiler.is_compiling():
-            option, samples = self.route_trials.pick(key)
-            if samples is not None:
-                start = self.route_trials.clock()
-                y = routes[option](x, w, b, self.stride, padding, self.groups, residual, relu, channel_sums)
-                self.route_trials.record(key, samples, option, self.route_trials.clock() - start)
-                return y
-            run = routes[option]
-        return run(x, w, b, self.stride, padding, self.groups, residual, relu, channel_sums)
+        runs = self.resolved.get(key, lambda: self._bind(key, x, residual, relu, channel_sums, backend))
+        if torch.compiler.is_compiling():
+            return runs[0](x, w, b, residual)
+        option, samples = (0, None) if len(runs) == 1 else self.route_trials.pick(key)
+        # The bound call of this signature once its route is settled, for the block's plan.
+        _stash(self, "last_run", runs[option] if samples is None else None)
+        if samples is None:
+            return runs[option](x, w, b, residual)
+        start = self.route_trials.clock()
+        y = runs[option](x, w, b, residual)
+        self.route_trials.record(key, samples, option, self.route_trials.clock() - start)
+        return y
+
+    def _bind(self, key, x, residual, relu, channel_sums, backend):
+        """Check the arguments, pick the backend, and bind its implementation for this input
+        signature: [run(x, weight, bias, residual)], or one per route where the backend offers
+        several (its `routes` extra; timed on the first calls). Backends without a `bind` extra get
+        their plain implementation wrapped."""
+        w, b, stride, groups = self.weight, self.bias, self.stride, self.groups
+        padding, name, run = conv_op.resolve(x, w, b, stride, None, groups, residual, relu, channel_sums, backend)
+        args = (x, w, b, stride, padding, groups, residual, relu, channel_sums)
+        routes = dispatch.extra("conv_bn_act", name, "routes")
+        binders = routes(*args) if routes is not None and not torch.compiler.is_compiling() else ()
+        if binders:
+            self.route_trials.begin(key, len(binders))
+            return [bind(*args) for bind in binders]
+        bind = dispatch.extra("conv_bn_act", name, "bind")
+        if bind is not None:
+            return [bind(*args)]
+        return [lambda x, w, b, r: run(x, w, b, stride, padding, groups, r, relu, channel_sums)]
 
     def into_residual(self, x: Tensor, residual: Tensor, backend: Optional[str] = None) -> Tensor:
         """This conv of x + bias + residual, ReLU, written into `residual` where the chosen backend
         can (the caller owns `residual` and no longer needs it), else into a new tensor."""
         w, b = self.weight, self.bias
 
-        def resolve():
+        def bind():
             padding, name, run = conv_op.resolve(x, w, b, self.stride, None, self.groups, residual, True, False,
                                                  backend)
-            return padding, dispatch.extra("conv_bn_act", name, "into_residual"), run
+            into = dispatch.extra("conv_bn_act", name, "into_residual")
+            bound = into(x, w, b, self.stride, padding, self.groups, residual, True) if into is not None else None
+            if bound is not None:
+                return bound
+            stride, groups = self.stride, self.groups
+            return lambda x, w, b, r: run(x, w, b, stride, padding, groups, r, True, False)
 
-        padding, into, run = self.resolved.get(_signature(x, residual, w, flags=("into_residual", backend)), resolve)
-        if into is not None:
-            y = into(x, w, b, self.stride, padding, self.groups, residual, True)
-            if y is not None:
-                return y
-        return run(x, w, b, self.stride, padding, self.groups, residual, True, False)
+        run = self.resolved.get(_signature(x, residual, w, flags=("into_residual", backend)), bind)
+        if not torch.compiler.is_compiling():
+            _stash(self, "last_run", run)
+        return run(x, w, b, residual)
 
     def gated(self, x: Tensor, gate: Tensor, residual: Optional[Tensor], backend: Optional[str] = None) -> Tensor:
         """K4: this 1x1 conv of x * gate[n, c], + bias + residual, ReLU."""
@@ -184,7 +249,14 @@ class FusedConv(nn.Module):
         w2d, _, run = self.resolved.get(
             _signature(x, gate, residual, w, flags=("gated", backend)),
             lambda: gated_op.resolve(x, gate, w, b, residual, True, backend))
+        if not torch.compiler.is_compiling():
+            _stash(self, "last_gated", run)
         return run(x, gate, w2d, b, residual, True)
+
+    def gated_weight(self) -> Tensor:
+        """The weight as gated() passes it: [C_out, C_in] (a view)."""
+        w = self.weight
+        return w.reshape(w.shape[0], w.shape[1])
 
     def gate_pass_choice(self, x: Tensor, gate: Tensor, residual: Optional[Tensor],
                          backend: Optional[str] = None) -> Tuple[bool, bool]:
@@ -199,7 +271,7 @@ class FusedConv(nn.Module):
         return False, measure is not None and measure(x, w2d, residual)
 
 
-class FusedXBlock(_InferenceModule):
+class FusedXBlock(_Planned):
     """X block: K1, K2, [projection], K4 (1x1 + bias + shortcut + ReLU).
 
     K4 writes its output into the shortcut's buffer where the backend can (oneDNN's in-place sum
@@ -224,8 +296,7 @@ class FusedXBlock(_InferenceModule):
     def shortcut(self, x: Tensor) -> Tensor:
         return x if self.proj is None else self.proj(x, relu=False, backend=self.backend)
 
-    def forward(self, x: Tensor) -> Tensor:
-        self._check_eval()
+    def _run_ops(self, x: Tensor) -> Tensor:
         # Intermediates are dropped as soon as they are consumed (the shortcut first, as in the
         # original block): holding K1's output through K4 raised the peak and made glibc hand the
         # big freed chunks back to the OS and page-fault them in again on the next forward
@@ -233,6 +304,20 @@ class FusedXBlock(_InferenceModule):
         shortcut = self.shortcut(x)
         b = self.b(self.a(x, backend=self.backend), backend=self.backend)
         return self.k4(b, shortcut)
+
+    def _make_plan(self):
+        """The last call as a plan, if each of its convs ran a settled bound call."""
+        ka, kb, kc = _stashed(self.a, "last_run"), _stashed(self.b, "last_run"), _stashed(self.c, "last_run")
+        kp = _stashed(self.proj, "last_run") if self.proj is not None else None
+        if ka is None or kb is None or kc is None or (self.proj is not None and kp is None):
+            return None
+        a, b, c, proj = self.a, self.b, self.c, self.proj
+
+        def plan(x):
+            shortcut = x if proj is None else kp(x, proj.weight, proj.bias, None)
+            y = kb(ka(x, a.weight, a.bias, None), b.weight, b.bias, None)
+            return kc(y, c.weight, c.bias, shortcut)
+        return plan
 
     def k4(self, x: Tensor, shortcut: Tensor) -> Tensor:
         """The last 1x1 conv + bias + shortcut + ReLU, into the shortcut's buffer when it is ours."""
@@ -281,20 +366,24 @@ class FusedYBlock(FusedXBlock):
         option, samples = self.schedule_trials.pick(key)
         return bool(option), samples
 
-    def forward(self, x: Tensor) -> Tensor:
-        self._check_eval()
+    def _run_ops(self, x: Tensor) -> Tensor:
         shortcut = self.shortcut(x)
         a = self.a(x, backend=self.backend)
         key = None if torch.compiler.is_compiling() else _signature(a, shortcut, flags=(self.backend,))
+        if key is not None:
+            _stash(self, "last_schedule", None)
         in_se, trial = self._schedule(key)
+        decided = trial is None  # the schedule was fixed before this call (a plan may follow it)
         clock = self.schedule_trials.clock
         start = clock() if trial is not None else 0.0
         if in_se:
             b = self.b(a, backend=self.backend)
-            del a  # dropped as soon as consumed (see FusedXBlock.forward)
+            del a  # dropped as soon as consumed (see FusedXBlock._run_ops)
             se = (self.se_w1, self.se_b1, self.se_w2, self.se_b2)
             run = self.resolved_se.get(_signature(b, flags=(self.backend,)),
                                        lambda: se_gate_op.resolve(b, *se, None, False, None, self.backend))
+            if key is not None:
+                _stash(self, "last_se_run", run)
             gated = run(b, *se, None, False, None)
             del b
             y = self.k4(gated, shortcut)
@@ -314,7 +403,40 @@ class FusedYBlock(FusedXBlock):
             chosen = self.schedule_trials.record(key, trial, int(in_se), clock() - start)
             if chosen is not None:
                 self.gate_in_se[key] = bool(chosen)
+        elif key is not None and decided:
+            _stash(self, "last_schedule", in_se)
         return y
+
+    def _make_plan(self):
+        """The last call as a plan, if its schedule and each op's choice were settled."""
+        in_se = _stashed(self, "last_schedule")
+        ka, kb = _stashed(self.a, "last_run"), _stashed(self.b, "last_run")
+        kp = _stashed(self.proj, "last_run") if self.proj is not None else None
+        if in_se is None or ka is None or kb is None or (self.proj is not None and kp is None):
+            return None
+        a, b, c, proj, m = self.a, self.b, self.c, self.proj, self
+        shortcut_of = (lambda x: x) if proj is None else (lambda x: kp(x, proj.weight, proj.bias, None))
+        if in_se:
+            kse, kc = _stashed(self, "last_se_run"), _stashed(c, "last_run")
+            if kse is None or kc is None:
+                return None
+
+            def plan(x):
+                shortcut = shortcut_of(x)
+                y = kb(ka(x, a.weight, a.bias, None), b.weight, b.bias, None)
+                y = kse(y, m.se_w1, m.se_b1, m.se_w2, m.se_b2, None, False, None)
+                return kc(y, c.weight, c.bias, shortcut)
+            return plan
+        kg = _stashed(c, "last_gated")
+        if kg is None:
+            return None
+
+        def plan(x):
+            shortcut = shortcut_of(x)
+            y, sums = kb(ka(x, a.weight, a.bias, None), b.weight, b.bias, None)
+            gate = se_excite(sums, y.shape[2] * y.shape[3], m.se_w1, m.se_b1, m.se_w2, m.se_b2)
+            return kg(y, gate, c.gated_weight(), c.bias, shortcut, True)
+        return plan
 
 
 class FusedStem(_InferenceModule):

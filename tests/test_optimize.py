@@ -10,7 +10,7 @@ from torch import nn
 
 import regnet
 import regnet_kernels as rk
-from regnet_kernels.modules import SETTLE_CALLS, FusedConv, FusedYBlock
+from regnet_kernels.modules import SETTLE_CALLS, FusedConv, FusedXBlock, FusedYBlock
 from kernel_cases import rel_err
 
 
@@ -129,15 +129,19 @@ def test_fused_conv_times_the_backend_routes_and_keeps_the_faster(faster, monkey
         pytest.skip("no oneDNN route on this machine: one route, nothing to time")
     now, runs = [0.0], []
 
-    def timed(name, fn, cost):
-        def run(*args):
-            now[0] += cost
-            runs.append(name)
-            return fn(*args)
-        return run
+    def timed(name, bind, cost):
+        def binder(*args):
+            run = bind(*args)
 
-    monkeypatch.setattr(cpu_backend, "conv_onednn", timed("onednn", cpu_backend.conv_onednn, 1.0 if faster == 0 else 10.0))
-    monkeypatch.setattr(cpu_backend, "conv_native", timed("native", cpu_backend.conv_native, 10.0 if faster == 0 else 1.0))
+            def timed_run(*call_args):
+                now[0] += cost
+                runs.append(name)
+                return run(*call_args)
+            return timed_run
+        return binder
+
+    monkeypatch.setattr(cpu_backend, "bind_onednn", timed("onednn", cpu_backend.bind_onednn, 1.0 if faster == 0 else 10.0))
+    monkeypatch.setattr(cpu_backend, "bind_native", timed("native", cpu_backend.bind_native, 10.0 if faster == 0 else 1.0))
     fused.route_trials.clock = lambda: now[0]
     with torch.no_grad():
         ref = torch.relu(bn.double()(F.conv2d(x.double(), conv.weight.double(), None, 1, 1, 1, 4)))
@@ -147,6 +151,32 @@ def test_fused_conv_times_the_backend_routes_and_keeps_the_faster(faster, monkey
     assert sorted(runs[:trial_runs]) == ["native"] * (trial_runs // 2) + ["onednn"] * (trial_runs // 2), runs
     assert set(runs[trial_runs:]) == {("onednn", "native")[faster]}, runs
     assert not fused.route_trials.samples and list(fused.route_trials.chosen.values()) == [faster]
+
+
+def test_blocks_run_plans_once_settled_and_drop_them_when_moved():
+    """Once every choice for a signature is made, each block runs it as a plan (bound calls in
+    order): the outputs stay those of the original on every call, before and after; .to() drops
+    the plans; a block with a forward hook makes none (its hooks would not be called)."""
+    for name in ("regnetx_002", "regnety_002"):
+        model = _randomize_bn(regnet.create_model(name))
+        fused = rk.optimize(model)
+        blocks = [m for m in fused.modules() if isinstance(m, FusedXBlock)]
+        x = torch.randn(1, 3, 64, 64)
+        with torch.no_grad():
+            ref = model(x)
+            for _ in range(SETTLE_CALLS + 2):
+                assert (fused(x) - ref).abs().max().item() <= 1e-4, name
+        assert all(len(b.plans) == 1 for b in blocks), (name, [len(b.plans) for b in blocks])
+        fused.to(torch.float32)
+        assert not any(b.plans for b in blocks)
+    hooked = rk.optimize(_randomize_bn(regnet.create_model("regnetx_002")))
+    calls = []
+    blk = [m for m in hooked.modules() if isinstance(m, FusedXBlock)][1]
+    blk.b.register_forward_hook(lambda *_: calls.append(1))
+    with torch.no_grad():
+        for _ in range(SETTLE_CALLS + 2):
+            hooked(x)
+    assert not blk.plans and len(calls) == SETTLE_CALLS + 2
 
 
 def test_blocks_reuse_only_buffers_they_own():

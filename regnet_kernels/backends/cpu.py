@@ -134,17 +134,23 @@ class DerivedWeights:
 _DERIVED = DerivedWeights()
 
 
-def packed_weight(weight, padding, stride, groups, x_shape):
-    """The weight reordered into oneDNN's blocked layout for this problem. oneDNN would otherwise
-    reorder a plain weight on every call (a pass over the weights, 17 MB per RegNetY-400MF forward).
-    Keyed without the batch size: a server sees many, and a weight packed for another batch is
-    as fast (measured at batch 16 with weights packed for batch 1: 0.85-1.04x the time; oneDNN
-    reorders at run time if a layout ever does not fit, so a mismatch costs time, not accuracy)."""
+def _packing(padding, stride, groups, x_shape):
+    """(cache key, reorder function) of the oneDNN weight layout for this problem. Keyed without
+    the batch size: a server sees many, and a weight packed for another batch is as fast
+    (measured at batch 16 with weights packed for batch 1: 0.85-1.04x the time; oneDNN reorders
+    at run time if a layout ever does not fit, so a mismatch costs time, not accuracy)."""
     def reorder(w):
         w = w[:, :, None, None] if w.dim() == 2 else w  # K4 passes its 1x1 weight as [C_out, C]
         return torch.ops.mkldnn._reorder_convolution_weight(w, [padding] * 2, [stride] * 2, [1, 1], groups,
                                                             list(x_shape))
-    return _DERIVED.get(weight, (padding, stride, groups, tuple(x_shape[1:])), reorder)
+    return (padding, stride, groups, tuple(x_shape[1:])), reorder
+
+
+def packed_weight(weight, padding, stride, groups, x_shape):
+    """The weight reordered into oneDNN's blocked layout for this problem (cached per weight).
+    oneDNN would otherwise reorder a plain weight on every call (a pass over the weights, 17 MB
+    per RegNetY-400MF forward)."""
+    return _DERIVED.get(weight, *_packing(padding, stride, groups, x_shape))
 
 
 def fc_by_input(w2):
@@ -153,57 +159,84 @@ def fc_by_input(w2):
     return _DERIVED.get(w2, "fc_by_input", lambda w: fc_matrix(w).float().t().contiguous().t())
 
 
-def _onednn_conv(x, weight, bias, stride, padding, groups, residual, relu, into_residual=False):
-    w = packed_weight(weight, padding, stride, groups, x.shape)
-    args = ([padding] * 2, [stride] * 2, [1, 1], groups)
+# Binders: bind_*(x, weight, bias, stride, padding, groups, residual, relu, ...) -> run(x, weight,
+# bias, residual), the call for every argument list of the same signature (shapes, strides,
+# dtypes, flags) with its route, geometry lists and packed-weight key decided once. A fused conv
+# binds once per input signature: at batch 1 the per-call Python it saves (~10 us a conv) is ~9%
+# of a RegNetX-400MF forward (NOTES.md, Step 7). The one-shot functions below bind per call.
+
+def _bind_onednn_conv(x, stride, padding, groups, residual, relu, into_residual=False):
+    key, reorder = _packing(padding, stride, groups, x.shape)
+    geometry = ([padding] * 2, [stride] * 2, [1, 1], groups)
+    post = "relu" if relu else None
     if residual is None:
-        return torch.ops.mkldnn._convolution_pointwise(x, w, bias, *args, "relu" if relu else "none", [None], "")
+        op = torch.ops.mkldnn._convolution_pointwise.default
+        unary = post or "none"
+        return lambda x, w, b, r: op(x, _DERIVED.get(w, key, reorder), b, *geometry, unary, [None], "")
     if into_residual:  # fp32 (conv_into_residual): the in-place sum post-op writes into residual
-        return torch.ops.mkldnn._convolution_pointwise_.binary(residual, x, w, bias, *args, "add", 1.0,
-                                                               "relu" if relu else None, [], "")
+        op_ = torch.ops.mkldnn._convolution_pointwise_.binary
+        return lambda x, w, b, r: op_(r, x, _DERIVED.get(w, key, reorder), b, *geometry, "add", 1.0, post, [], "")
     if x.dtype == torch.bfloat16:
         # torch's bf16 binary post-op path asserts (add_relu has no bf16 kernel): add and ReLU in
         # place on the fresh output instead, two passes at 2 bytes per element.
-        y = torch.ops.mkldnn._convolution_pointwise(x, w, bias, *args, "none", [None], "").add_(residual)
-        return y.relu_() if relu else y
+        op = torch.ops.mkldnn._convolution_pointwise.default
+
+        def run_bf16(x, w, b, r):
+            y = op(x, _DERIVED.get(w, key, reorder), b, *geometry, "none", [None], "").add_(r)
+            return y.relu_() if relu else y
+        return run_bf16
     # The binary form takes no unary post-op as None ("none" is rejected there).
-    return torch.ops.mkldnn._convolution_pointwise.binary(x, residual, w, bias, *args, "add", None,
-                                                          "relu" if relu else None, [], "")
+    op = torch.ops.mkldnn._convolution_pointwise.binary
+    return lambda x, w, b, r: op(x, r, _DERIVED.get(w, key, reorder), b, *geometry, "add", None, post, [], "")
+
+
+def bind_onednn(x, weight, bias, stride, padding, groups, residual, relu, channel_sums):
+    run = _bind_onednn_conv(x, stride, padding, groups, residual, relu)
+    if not channel_sums:
+        return run
+    sums = native_op("channel_sums")
+
+    def run_with_sums(x, w, b, r):
+        y = run(x, w, b, r)
+        return y, sums(y)
+    return run_with_sums
+
+
+def bind_native(x, weight, bias, stride, padding, groups, residual, relu, channel_sums):
+    if channel_sums:
+        op = native_op("conv_bn_act_sums")
+        return lambda x, w, b, r: op(x, w, b, stride, padding, groups, relu)
+    op = native_op("conv_bn_act")
+    return lambda x, w, b, r: op(x, w, b, stride, padding, groups, r, relu)
+
+
+def conv_bind(x, weight, bias, stride, padding, groups, residual, relu, channel_sums):
+    """The backend's route for this signature, bound (the `bind` extra)."""
+    bind = bind_onednn if _use_onednn(x, weight, groups, residual) else bind_native
+    return bind(x, weight, bias, stride, padding, groups, residual, relu, channel_sums)
+
+
+def conv_run(x, weight, bias, stride, padding, groups, residual, relu, channel_sums):
+    return conv_bind(x, weight, bias, stride, padding, groups, residual, relu, channel_sums)(x, weight, bias, residual)
 
 
 def conv_into_residual(x, weight, bias, stride, padding, groups, residual, relu):
     """conv(x) + bias + residual [+ ReLU] written into `residual`, for callers that own it and no
-    longer need it (a fused block's shortcut). oneDNN's in-place sum post-op saves the output
-    allocation: 7-17% per call at batch 16, 7-9% at batch 1 (NOTES.md). None when this route does
-    not apply (the caller then runs the op as usual). fp32 only: torch's bf16 path differs."""
+    longer need it (a fused block's shortcut), bound as run(x, weight, bias, residual); None where
+    this route does not apply (the caller then runs the op as usual). oneDNN's in-place sum
+    post-op saves the output allocation: 7-17% per call at batch 16, 7-9% at batch 1 (NOTES.md).
+    fp32 only: torch's bf16 path differs."""
     if x.dtype != torch.float32 or not _use_onednn(x, weight, groups, residual):
         return None
-    return _onednn_conv(x, weight, bias, stride, padding, groups, residual, relu, into_residual=True)
-
-
-def conv_onednn(x, weight, bias, stride, padding, groups, residual, relu, channel_sums):
-    y = _onednn_conv(x, weight, bias, stride, padding, groups, residual, relu)
-    return (y, native_op("channel_sums")(y)) if channel_sums else y
-
-
-def conv_native(x, weight, bias, stride, padding, groups, residual, relu, channel_sums):
-    if channel_sums:
-        return native_op("conv_bn_act_sums")(x, weight, bias, stride, padding, groups, relu)
-    return native_op("conv_bn_act")(x, weight, bias, stride, padding, groups, residual, relu)
-
-
-def conv_run(x, weight, bias, stride, padding, groups, residual, relu, channel_sums):
-    if _use_onednn(x, weight, groups, residual):
-        return conv_onednn(x, weight, bias, stride, padding, groups, residual, relu, channel_sums)
-    return conv_native(x, weight, bias, stride, padding, groups, residual, relu, channel_sums)
+    return _bind_onednn_conv(x, stride, padding, groups, residual, relu, into_residual=True)
 
 
 def conv_routes(x, weight, bias, stride, padding, groups, residual, relu, channel_sums):
-    """Both routes where oneDNN takes these arguments by default: which is faster depends on the
-    machine and the shape (an AMD EPYC, RegNetX-400MF at batch 16: our kernel 1.4-2x faster on
-    the first convs of stages 1 and 3, oneDNN on most others; bench/NOTES.md), so a fused conv
-    times them. Empty where only our kernel applies."""
-    return (conv_onednn, conv_native) if _use_onednn(x, weight, groups, residual) else ()
+    """Both routes, as binders, where oneDNN takes these arguments by default: which is faster
+    depends on the machine and the shape (an AMD EPYC, RegNetX-400MF at batch 16: our kernel
+    1.4-2x faster on the first convs of stages 1 and 3, oneDNN on most others; bench/NOTES.md),
+    so a fused conv times them. Empty where only our kernel applies."""
+    return (bind_onednn, bind_native) if _use_onednn(x, weight, groups, residual) else ()
 
 
 def se_supports(*, x, w1, b1, w2, b2, residual=None, relu=False, sums=None, forced=False) -> List[str]:
@@ -241,11 +274,13 @@ def measure_gate_in_se(x, weight, residual) -> bool:
 def gated_run(x, gate, weight, bias, residual, relu):
     if separate_gate_pass(x, weight, residual):
         # oneDNN has no per-(n, c) input scale: the gated input costs one extra pass over x.
-        return _onednn_conv(x * gate.to(x.dtype)[:, :, None, None], weight, bias, 1, 0, 1, residual, relu)
+        gated = x * gate.to(x.dtype)[:, :, None, None]
+        return _bind_onednn_conv(gated, 1, 0, 1, residual, relu)(gated, weight, bias, residual)
     return native_op("gated_conv1x1")(x, gate, weight, bias, residual, relu)
 
 
-dispatch.register("conv_bn_act", NAME, conv_supports, conv_run, into_residual=conv_into_residual, routes=conv_routes)
+dispatch.register("conv_bn_act", NAME, conv_supports, conv_run, into_residual=conv_into_residual, routes=conv_routes,
+                  bind=conv_bind)
 dispatch.register("se_gate", NAME, se_supports, se_run)
 dispatch.register("gated_conv1x1", NAME, gated_supports, gated_run, separate_gate_pass=separate_gate_pass,
                   measure_gate_in_se=measure_gate_in_se)
