@@ -32,6 +32,7 @@ from .ops import conv_bn_act as conv_op
 from .ops import gated_conv1x1 as gated_op
 from .ops import se_gate as se_gate_op
 from .ops.fold_bn import fold_bn
+from .ops.checks import fc_matrix
 from .ops.se_gate import se_excite
 
 __all__ = ["FusedConv", "FusedXBlock", "FusedYBlock", "FusedStem", "FusedHead", "FusedRegNet", "TRAINING_ERROR"]
@@ -253,11 +254,6 @@ class FusedConv(nn.Module):
             _stash(self, "last_gated", run)
         return run(x, gate, w2d, b, residual, True)
 
-    def gated_weight(self) -> Tensor:
-        """The weight as gated() passes it: [C_out, C_in] (a view)."""
-        w = self.weight
-        return w.reshape(w.shape[0], w.shape[1])
-
     def gate_pass_choice(self, x: Tensor, gate: Tensor, residual: Optional[Tensor],
                          backend: Optional[str] = None) -> Tuple[bool, bool]:
         """(separate, measure) for gated() on these arguments with the backend chosen for it:
@@ -435,7 +431,7 @@ class FusedYBlock(FusedXBlock):
             shortcut = shortcut_of(x)
             y, sums = kb(ka(x, a.weight, a.bias, None), b.weight, b.bias, None)
             gate = se_excite(sums, y.shape[2] * y.shape[3], m.se_w1, m.se_b1, m.se_w2, m.se_b2)
-            return kg(y, gate, c.gated_weight(), c.bias, shortcut, True)
+            return kg(y, gate, fc_matrix(c.weight), c.bias, shortcut, True)
         return plan
 
 
