@@ -163,7 +163,7 @@ def fc_by_input(w2):
 # bias, residual), the call for every argument list of the same signature (shapes, strides,
 # dtypes, flags) with its route, geometry lists and packed-weight key decided once. A fused conv
 # binds once per input signature: at batch 1 the per-call Python it saves (~10 us a conv) is ~9%
-# of a RegNetX-400MF forward (NOTES.md, Step 7). The one-shot functions below bind per call.
+# of a RegNetX-400MF forward (NOTES.md, Step 8). The one-shot functions below bind per call.
 
 def _bind_onednn_conv(x, stride, padding, groups, residual, relu, into_residual=False):
     key, reorder = _packing(padding, stride, groups, x.shape)
