@@ -26,6 +26,7 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.modules import module as nn_module
 
 from . import dispatch
 from .ops import conv_bn_act as conv_op
@@ -74,8 +75,13 @@ def _stashed(module: nn.Module, name: str):
     return tagged[1] if tagged is not None and tagged[0] == threading.get_ident() else None
 
 
+def _global_hooks() -> bool:
+    """Forward hooks registered for every module (nn.modules.module.register_module_forward_hook)."""
+    return bool(nn_module._global_forward_hooks or nn_module._global_forward_pre_hooks)
+
+
 def _has_hooks(module: nn.Module) -> bool:
-    return any(m._forward_hooks or m._forward_pre_hooks for m in module.modules())
+    return _global_hooks() or any(m._forward_hooks or m._forward_pre_hooks for m in module.modules())
 
 
 class _Planned(_InferenceModule):
@@ -84,8 +90,9 @@ class _Planned(_InferenceModule):
     the per-op module calls, signatures and cache lookups (~10 us an op at batch 1 in a real
     forward, where the Python state is out of cache: regnetx_004 batch 1 10.7 -> 9.3 ms,
     bench/NOTES.md Step 8). Weights are read from the modules on every call. Not under
-    torch.compile (it traces the ops), and not for a block with forward hooks on it or its
-    modules when the plan would be made (they would not be called)."""
+    torch.compile (it traces the ops), not while global module hooks are registered, and not for
+    a block with forward hooks on it or its modules when the plan is made (they would not be
+    called); hooks added to inner modules after that are not called for planned signatures."""
 
     def __init__(self):
         super().__init__()
@@ -97,7 +104,7 @@ class _Planned(_InferenceModule):
             return self._run_ops(x)
         key = _signature(x)
         plan = self.plans.get(key)
-        if plan is not None:
+        if plan is not None and not _global_hooks():
             return plan(x)
         y = self._run_ops(x)
         plan = self._make_plan()

@@ -177,6 +177,18 @@ def test_blocks_run_plans_once_settled_and_drop_them_when_moved():
         for _ in range(SETTLE_CALLS + 2):
             hooked(x)
     assert not blk.plans and len(calls) == SETTLE_CALLS + 2
+    # A global module hook is honoured by planned blocks too: they fall back to their ops.
+    planned = [m for m in hooked.modules() if isinstance(m, FusedXBlock)][2]
+    assert planned.plans
+    seen = []
+    handle = torch.nn.modules.module.register_module_forward_hook(
+        lambda mod, *_: seen.append(mod) if mod is planned.b else None)
+    try:
+        with torch.no_grad():
+            hooked(x)
+    finally:
+        handle.remove()
+    assert seen, "a global forward hook was skipped by a planned block"
 
 
 def test_blocks_reuse_only_buffers_they_own():

@@ -21,12 +21,12 @@ def fail(arg: str, expected: str, got) -> None:
 
 def check_tensor(name: str, t, *, dim: Optional[int] = None, shape: Optional[Tuple[int, ...]] = None,
                  like: Optional[Tensor] = None, dtypes: Sequence[torch.dtype] = ALL_DTYPES) -> None:
-    """shape: a tuple (or torch.Size): compared as is, as converting costs time on every op call."""
+    """shape: a tuple or torch.Size, compared as is (a list is converted first)."""
     if not isinstance(t, Tensor):
         raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
     if dim is not None and t.dim() != dim:
         fail(name, f"a {dim}-D tensor", f"{t.dim()}-D with shape {list(t.shape)}")
-    if shape is not None and t.shape != shape:
+    if shape is not None and t.shape != (tuple(shape) if type(shape) is list else shape):
         fail(name, f"shape {list(shape)}", list(t.shape))
     if t.dtype not in dtypes:
         fail(name, f"dtype in {[str(d) for d in dtypes]}", t.dtype)
