@@ -75,6 +75,12 @@ def _stashed(module: nn.Module, name: str):
     return tagged[1] if tagged is not None and tagged[0] == threading.get_ident() else None
 
 
+def _bound(conv: "FusedConv", run):
+    """run(x, residual=None) of a conv's bound call (run(x, weight, bias, residual)), its weights
+    read from the module on every call."""
+    return lambda x, residual=None: run(x, conv.weight, conv.bias, residual)
+
+
 def _global_hooks() -> bool:
     """Forward hooks registered for every module (nn.modules.module.register_module_forward_hook)."""
     return bool(nn_module._global_forward_hooks or nn_module._global_forward_pre_hooks)
@@ -299,28 +305,41 @@ class FusedXBlock(_Planned):
     def shortcut(self, x: Tensor) -> Tensor:
         return x if self.proj is None else self.proj(x, relu=False, backend=self.backend)
 
+    # Each block writes its op order once, as a static schedule over op callables: _run_ops passes
+    # the modules (which check, resolve, time and stash their bound calls), a plan passes those
+    # bound calls. Intermediates are dropped as soon as they are consumed (the shortcut first, as in
+    # the original block): holding K1's output through K4 raised the peak and made glibc hand the
+    # big freed chunks back to the OS and page-fault them in again on the next forward
+    # (regnetx_002 batch 16: 70 vs 57 ms per batch, bench/NOTES.md).
+    @staticmethod
+    def _schedule(x, shortcut, k1, k2, k4):
+        s = shortcut(x)
+        return k4(k2(k1(x)), s)
+
     def _run_ops(self, x: Tensor) -> Tensor:
-        # Intermediates are dropped as soon as they are consumed (the shortcut first, as in the
-        # original block): holding K1's output through K4 raised the peak and made glibc hand the
-        # big freed chunks back to the OS and page-fault them in again on the next forward
-        # (regnetx_002 batch 16: 70 vs 57 ms per batch, bench/NOTES.md).
-        shortcut = self.shortcut(x)
-        b = self.b(self.a(x, backend=self.backend), backend=self.backend)
-        return self.k4(b, shortcut)
+        be = self.backend
+        return self._schedule(x, self.shortcut, lambda t: self.a(t, backend=be), lambda t: self.b(t, backend=be),
+                              self.k4)
+
+    def _bound_convs(self, convs):
+        """(shortcut, *runs): the settled bound calls of `convs` from this thread's last call, as
+        run(x[, residual]), with the shortcut (identity or projection), or None if one was not
+        settled."""
+        runs = [_stashed(conv, "last_run") for conv in convs]
+        kp = _stashed(self.proj, "last_run") if self.proj is not None else None
+        if None in runs or (self.proj is not None and kp is None):
+            return None
+        shortcut = (lambda x: x) if self.proj is None else _bound(self.proj, kp)
+        return (shortcut,) + tuple(_bound(conv, run) for conv, run in zip(convs, runs))
 
     def _make_plan(self):
         """The last call as a plan, if each of its convs ran a settled bound call."""
-        ka, kb, kc = _stashed(self.a, "last_run"), _stashed(self.b, "last_run"), _stashed(self.c, "last_run")
-        kp = _stashed(self.proj, "last_run") if self.proj is not None else None
-        if ka is None or kb is None or kc is None or (self.proj is not None and kp is None):
+        bound = self._bound_convs((self.a, self.b, self.c))
+        if bound is None:
             return None
-        a, b, c, proj = self.a, self.b, self.c, self.proj
-
-        def plan(x):
-            shortcut = x if proj is None else kp(x, proj.weight, proj.bias, None)
-            y = kb(ka(x, a.weight, a.bias, None), b.weight, b.bias, None)
-            return kc(y, c.weight, c.bias, shortcut)
-        return plan
+        shortcut, k1, k2, k4 = bound
+        schedule = self._schedule
+        return lambda x: schedule(x, shortcut, k1, k2, k4)
 
     def k4(self, x: Tensor, shortcut: Tensor) -> Tensor:
         """The last 1x1 conv + bias + shortcut + ReLU, into the shortcut's buffer when it is ours."""
@@ -356,7 +375,37 @@ class FusedYBlock(FusedXBlock):
         self.schedule_trials = _Trials()  # options: 0 gate on load, 1 gate in the SE op
         self.resolved_se = _ResolvedOps()
 
-    def _schedule(self, key):
+    @staticmethod
+    def _schedule_gate_in_se(x, shortcut, k1, k2, se_gate, k4):
+        s = shortcut(x)
+        return k4(se_gate(k2(k1(x))), s)
+
+    @staticmethod
+    def _schedule_gate_on_load(x, shortcut, k1, k2_sums, excite, k4_gated):
+        s = shortcut(x)
+        y, sums = k2_sums(k1(x))
+        return k4_gated(y, excite(sums, y), s)
+
+    def _excite(self, sums: Tensor, y: Tensor) -> Tensor:
+        """K3: the gate from K2's sums of y."""
+        return se_excite(sums, y.shape[2] * y.shape[3], self.se_w1, self.se_b1, self.se_w2, self.se_b2)
+
+    def _se_params(self):
+        return self.se_w1, self.se_b1, self.se_w2, self.se_b2
+
+    def _se_gate(self, y: Tensor) -> Tensor:
+        """se_gate(y) without residual or ReLU (the gate-in-SE schedule), resolved per signature."""
+        se = self._se_params()
+        run = self.resolved_se.get(_signature(y, flags=(self.backend,)),
+                                   lambda: se_gate_op.resolve(y, *se, None, False, None, self.backend))
+        if not torch.compiler.is_compiling():
+            _stash(self, "last_se_run", run)
+        return run(y, *se, None, False, None)
+
+    def _k4_gated(self, y: Tensor, gate: Tensor, shortcut: Tensor) -> Tensor:
+        return self.c.gated(y, gate, shortcut, backend=self.backend)
+
+    def _schedule_choice(self, key):
         """(gate in the SE op?, trial): trial is None once the schedule is fixed (or when
         compiling), "first" on a signature's first call, else the samples being collected."""
         if key is None:
@@ -370,76 +419,64 @@ class FusedYBlock(FusedXBlock):
         return bool(option), samples
 
     def _run_ops(self, x: Tensor) -> Tensor:
-        shortcut = self.shortcut(x)
-        a = self.a(x, backend=self.backend)
-        key = None if torch.compiler.is_compiling() else _signature(a, shortcut, flags=(self.backend,))
+        be = self.backend
+        key = None if torch.compiler.is_compiling() else _signature(x, flags=(be,))
         if key is not None:
             _stash(self, "last_schedule", None)
-        in_se, trial = self._schedule(key)
-        decided = trial is None  # the schedule was fixed before this call (a plan may follow it)
+        in_se, trial = self._schedule_choice(key)
         clock = self.schedule_trials.clock
         start = clock() if trial is not None else 0.0
+        k1 = lambda t: self.a(t, backend=be)  # noqa: E731
         if in_se:
-            b = self.b(a, backend=self.backend)
-            del a  # dropped as soon as consumed (see FusedXBlock._run_ops)
-            se = (self.se_w1, self.se_b1, self.se_w2, self.se_b2)
-            run = self.resolved_se.get(_signature(b, flags=(self.backend,)),
-                                       lambda: se_gate_op.resolve(b, *se, None, False, None, self.backend))
-            if key is not None:
-                _stash(self, "last_se_run", run)
-            gated = run(b, *se, None, False, None)
-            del b
-            y = self.k4(gated, shortcut)
+            y = self._schedule_gate_in_se(x, self.shortcut, k1, lambda t: self.b(t, backend=be), self._se_gate,
+                                          self.k4)
         else:
-            b, sums = self.b(a, channel_sums=True, backend=self.backend)
-            del a
-            gate = se_excite(sums, b.shape[2] * b.shape[3], self.se_w1, self.se_b1, self.se_w2, self.se_b2)
+            k4_gated = self._k4_gated
             if trial == "first":
-                separate, measure = self.c.gate_pass_choice(b, gate, shortcut, backend=self.backend)
-                if measure:
-                    self.schedule_trials.begin(key, 2)
-                else:
-                    self.gate_in_se[key] = separate
-                trial = None
-            y = self.c.gated(b, gate, shortcut, backend=self.backend)
-        if trial is not None:
+                def k4_gated(y, gate, shortcut):
+                    # The backend says, on K4's real arguments, whether the schedule is fixed or timed.
+                    separate, measure = self.c.gate_pass_choice(y, gate, shortcut, backend=be)
+                    if measure:
+                        self.schedule_trials.begin(key, 2)
+                    else:
+                        self.gate_in_se[key] = separate
+                    return self._k4_gated(y, gate, shortcut)
+            y = self._schedule_gate_on_load(x, self.shortcut, k1, lambda t: self.b(t, channel_sums=True, backend=be),
+                                            self._excite, k4_gated)
+        if trial is None:
+            if key is not None:
+                _stash(self, "last_schedule", in_se)  # fixed before this call: a plan may follow it
+        elif trial != "first":  # a signature's first call is not timed
             chosen = self.schedule_trials.record(key, trial, int(in_se), clock() - start)
             if chosen is not None:
                 self.gate_in_se[key] = bool(chosen)
-        elif key is not None and decided:
-            _stash(self, "last_schedule", in_se)
         return y
 
     def _make_plan(self):
         """The last call as a plan, if its schedule and each op's choice were settled."""
         in_se = _stashed(self, "last_schedule")
-        ka, kb = _stashed(self.a, "last_run"), _stashed(self.b, "last_run")
-        kp = _stashed(self.proj, "last_run") if self.proj is not None else None
-        if in_se is None or ka is None or kb is None or (self.proj is not None and kp is None):
+        bound = self._bound_convs((self.a, self.b))
+        if in_se is None or bound is None:
             return None
-        a, b, c, proj, m = self.a, self.b, self.c, self.proj, self
-        shortcut_of = (lambda x: x) if proj is None else (lambda x: kp(x, proj.weight, proj.bias, None))
+        shortcut, k1, k2 = bound
+        c = self.c
         if in_se:
             kse, kc = _stashed(self, "last_se_run"), _stashed(c, "last_run")
             if kse is None or kc is None:
                 return None
+            params, k4, schedule = self._se_params, _bound(c, kc), self._schedule_gate_in_se
 
-            def plan(x):
-                shortcut = shortcut_of(x)
-                y = kb(ka(x, a.weight, a.bias, None), b.weight, b.bias, None)
-                y = kse(y, m.se_w1, m.se_b1, m.se_w2, m.se_b2, None, False, None)
-                return kc(y, c.weight, c.bias, shortcut)
-            return plan
+            def se_gate(y):
+                return kse(y, *params(), None, False, None)
+            return lambda x: schedule(x, shortcut, k1, k2, se_gate, k4)
         kg = _stashed(c, "last_gated")
         if kg is None:
             return None
+        excite, schedule = self._excite, self._schedule_gate_on_load
 
-        def plan(x):
-            shortcut = shortcut_of(x)
-            y, sums = kb(ka(x, a.weight, a.bias, None), b.weight, b.bias, None)
-            gate = se_excite(sums, y.shape[2] * y.shape[3], m.se_w1, m.se_b1, m.se_w2, m.se_b2)
+        def k4_gated(y, gate, shortcut):
             return kg(y, gate, fc_matrix(c.weight), c.bias, shortcut, True)
-        return plan
+        return lambda x: schedule(x, shortcut, k1, k2, excite, k4_gated)
 
 
 class FusedStem(_InferenceModule):
