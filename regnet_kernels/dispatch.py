@@ -25,7 +25,8 @@ backend has them (``extra(op, backend, name)``), so modules never name a backend
                        `residual`'s buffer, or None where it cannot
                    routes(*args of run) -> binders (like bind) of implementations whose speed on
                        these arguments depends on the machine: a fused conv times them on its
-                       first calls and keeps the fastest (empty: bind, or run)
+                       first calls and keeps the fastest (empty: bind, or run); the cpu
+                       backend's own run does the same per argument signature
     gated_conv1x1  separate_gate_pass(x, weight, residual) -> bool: whether the gating costs a
                        pass of its own on these arguments (then the SE op should gate instead)
                    measure_gate_in_se(x, weight, residual) -> bool: whether gating in the SE op

@@ -20,7 +20,6 @@ dispatcher picks, or the one given. Activations stay in the layout they arrive i
 from __future__ import annotations
 
 import threading
-import time
 from typing import Optional, Tuple
 
 import torch
@@ -35,6 +34,7 @@ from .ops import se_gate as se_gate_op
 from .ops.fold_bn import fold_bn
 from .ops.checks import fc_matrix
 from .ops.se_gate import se_excite
+from .trials import Trials
 
 __all__ = ["FusedConv", "FusedXBlock", "FusedYBlock", "FusedStem", "FusedHead", "FusedRegNet", "TRAINING_ERROR"]
 
@@ -147,47 +147,11 @@ class _ResolvedOps:
         return hit
 
 
-class _Trials:
-    """A choice between options that depends on the machine, made by timing them: on the first
-    calls of each input signature the options run in turn, 1 + TRIALS times each (the first run
-    of each not counted: weight packing, first touch of buffers), and the one with the best time
-    is kept. Timed with `clock` (tests replace it). Callers skip it under torch.compile, whose
-    graph cannot hold this Python state."""
-
-    TRIALS = 3
-
-    def __init__(self):
-        self.chosen = {}   # signature -> index of the option kept
-        self.samples = {}  # signature -> seconds per option, while timing
-        self.clock = time.perf_counter
-
-    def begin(self, key, options: int) -> None:
-        self.samples.setdefault(key, [[] for _ in range(options)])
-
-    def pick(self, key):
-        """(option to run, its samples list to record into, or None once the choice is made)."""
-        chosen = self.chosen.get(key)
-        if chosen is not None:
-            return chosen, None
-        samples = self.samples[key]
-        option = min(range(len(samples)), key=lambda i: len(samples[i]))
-        return option, samples
-
-    def record(self, key, samples, option: int, seconds: float) -> Optional[int]:
-        """Add a timing; return the chosen option once every option has its trials, else None."""
-        samples[option].append(seconds)
-        if any(len(s) <= self.TRIALS for s in samples):
-            return None
-        chosen = self.chosen[key] = min(range(len(samples)), key=lambda i: min(samples[i][1:]))
-        self.samples.pop(key, None)
-        return chosen
-
-
 # Calls of one input signature after which every timed choice of a fused model is made and its
 # blocks run their plans: a Y block's first call, its two schedules (1 + TRIALS runs each); the
 # convs of the schedule it keeps have had half their route trials by then (2 * (1 + TRIALS) runs
 # in all); the plan is made on the call after and used from the next.
-SETTLE_CALLS = 1 + 2 * (1 + _Trials.TRIALS) + (1 + _Trials.TRIALS) + 1
+SETTLE_CALLS = 1 + 2 * (1 + Trials.TRIALS) + (1 + Trials.TRIALS) + 1
 
 
 class FusedConv(nn.Module):
@@ -200,7 +164,7 @@ class FusedConv(nn.Module):
         self.register_buffer("bias", b)
         self.stride, self.groups = conv.stride[0], conv.groups
         self.resolved = _ResolvedOps()
-        self.route_trials = _Trials()  # where the backend offers several routes (its `routes` extra)
+        self.route_trials = Trials()  # where the backend offers several routes (its `routes` extra)
 
     def forward(self, x: Tensor, residual: Optional[Tensor] = None, relu: bool = True, channel_sums: bool = False,
                 backend: Optional[str] = None):
@@ -214,10 +178,7 @@ class FusedConv(nn.Module):
         _stash(self, "last_run", runs[option] if samples is None else None)
         if samples is None:
             return runs[option](x, w, b, residual)
-        start = self.route_trials.clock()
-        y = runs[option](x, w, b, residual)
-        self.route_trials.record(key, samples, option, self.route_trials.clock() - start)
-        return y
+        return self.route_trials.timed(key, samples, option, runs[option], x, w, b, residual)
 
     def _bind(self, key, x, residual, relu, channel_sums, backend):
         """Check the arguments, pick the backend, and bind its implementation for this input
@@ -359,7 +320,7 @@ class FusedYBlock(FusedXBlock):
     large 1x1 to oneDNN, which has no input scale), gating in the SE op costs the same passes with
     one op instead of the SE's ~8 small ones: it is taken at once. When the backend says the
     choice depends on the machine (`measure_gate_in_se`: our gated 1x1 against oneDNN's plain 1x1
-    after a gating pass), the block times both schedules on its next calls (_Trials: 1 + TRIALS
+    after a gating pass), the block times both schedules on its next calls (Trials: 1 + TRIALS
     runs each, the first not counted) and keeps the faster. Otherwise it gates on load.
     """
 
@@ -372,7 +333,7 @@ class FusedYBlock(FusedXBlock):
         self.register_buffer("se_w2", fc2.weight.detach()[:, :, 0, 0].float().clone())
         self.register_buffer("se_b2", fc2.bias.detach().float().clone())
         self.gate_in_se = {}  # input signature -> bool: the schedule chosen (see the class docstring)
-        self.schedule_trials = _Trials()  # options: 0 gate on load, 1 gate in the SE op
+        self.schedule_trials = Trials()  # options: 0 gate on load, 1 gate in the SE op
         self.resolved_se = _ResolvedOps()
 
     @staticmethod

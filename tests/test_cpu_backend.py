@@ -6,6 +6,7 @@ inputs, over the shared shapes of tests/kernel_cases.py, channels_last and strid
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -45,11 +46,18 @@ def native_route(monkeypatch):
     monkeypatch.setattr(cpu_backend, "ONEDNN_ENABLED", False)
 
 
-@pytest.fixture
-def onednn_route():
+def _skip_without_onednn():
     if not cpu_backend._use_onednn(torch.zeros(1, 8, 1, 1).to(memory_format=torch.channels_last),
                                    torch.zeros(8, 8, 1, 1), 1, None):
         pytest.skip("the oneDNN route is not taken on this machine (needs AVX-512, oneDNN ops, fp32)")
+
+
+@pytest.fixture
+def onednn_route(monkeypatch):
+    """oneDNN for every call it serves: the public op would otherwise time it against our kernel
+    on each signature's first calls (test_public_conv_times_its_routes)."""
+    _skip_without_onednn()
+    monkeypatch.setattr(cpu_backend, "TIMED_ROUTES", False)
 
 
 def check_against_reference(op, args, kwargs, dtype, what):
@@ -420,3 +428,41 @@ def test_conv_into_residual(case, relu, onednn_route):
     assert cpu_backend.conv_into_residual(x, w, b, case.stride, (case.k - 1) // 2, case.groups, strided, relu) is None
     assert cpu_backend.conv_into_residual(x.bfloat16(), w.bfloat16(), b.bfloat16(), case.stride, (case.k - 1) // 2,
                                           case.groups, res.bfloat16(), relu) is None
+
+
+@pytest.mark.parametrize("faster", (0, 1), ids=("onednn_faster", "native_faster"))
+def test_public_conv_times_its_routes(faster, monkeypatch):
+    """Where both routes serve, the public op runs each 1 + TRIALS times on a signature's first
+    calls and keeps the faster (a fake clock decides which); every output along the way, and after,
+    matches the float64 reference; another signature is timed on its own."""
+    _skip_without_onednn()
+    trials = cpu_backend.Trials()
+    monkeypatch.setattr(cpu_backend, "_PUBLIC_TRIALS", trials)
+    monkeypatch.setattr(cpu_backend, "_PUBLIC_ROUTES", {})
+    now, runs = [0.0], []
+
+    def timed(name, bind, cost):
+        def binder(*args):
+            run = bind(*args)
+
+            def timed_run(*call_args):
+                now[0] += cost
+                runs.append(name)
+                return run(*call_args)
+            return timed_run
+        return binder
+
+    monkeypatch.setattr(cpu_backend, "bind_onednn", timed("onednn", cpu_backend.bind_onednn, 1.0 if faster == 0 else 10.0))
+    monkeypatch.setattr(cpu_backend, "bind_native", timed("native", cpu_backend.bind_native, 10.0 if faster == 0 else 1.0))
+    trials.clock = lambda: now[0]
+    case = grouped_cases(seed=11, per_width=1)[0]
+    trial_runs = 2 * (1 + trials.TRIALS)
+    for n in (1, 2):  # two signatures
+        x, w, b = conv_inputs(dataclasses.replace(case, n=n), torch.float32)
+        runs.clear()
+        for call in range(trial_runs + 2):
+            kw = {"stride": case.stride, "groups": case.groups}
+            check_against_reference(rk.conv_bn_act, (x, w, b), kw, torch.float32, f"{case} call {call}")
+        assert sorted(runs[:trial_runs]) == ["native"] * (trial_runs // 2) + ["onednn"] * (trial_runs // 2), runs
+        assert set(runs[trial_runs:]) == {("onednn", "native")[faster]}, runs
+    assert not trials.samples and list(trials.chosen.values()) == [faster, faster]
