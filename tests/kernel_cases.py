@@ -106,3 +106,25 @@ def iter_layouts() -> Iterator[tuple]:
     yield True, False
     yield False, False
     yield True, True
+
+
+def fake_timed_routes(monkeypatch, cpu_backend, faster: int):
+    """Make the cpu backend's two conv routes log their runs and cost 1 (the `faster`: 0 oneDNN,
+    1 ours) or 10 units on a fake clock. Returns (clock, runs): set a Trials' clock to `clock`;
+    `runs` lists the route of each run ("onednn" or "native")."""
+    now, runs = [0.0], []
+
+    def timed(name, bind, cost):
+        def binder(*args):
+            run = bind(*args)
+
+            def timed_run(*call_args):
+                now[0] += cost
+                runs.append(name)
+                return run(*call_args)
+            return timed_run
+        return binder
+
+    monkeypatch.setattr(cpu_backend, "bind_onednn", timed("onednn", cpu_backend.bind_onednn, 1.0 if faster == 0 else 10.0))
+    monkeypatch.setattr(cpu_backend, "bind_native", timed("native", cpu_backend.bind_native, 10.0 if faster == 0 else 1.0))
+    return (lambda: now[0]), runs

@@ -20,8 +20,8 @@ from regnet_kernels import dispatch
 from regnet_kernels.backends import cpu as cpu_backend
 from regnet_kernels.backends import native
 from regnet_kernels.testing import poison_outputs
-from tests.kernel_cases import (ConvCase, assert_accurate, grouped_cases, pointwise_cases, random_tensor,
-                                stem_cases)
+from tests.kernel_cases import (ConvCase, assert_accurate, fake_timed_routes, grouped_cases, pointwise_cases,
+                                random_tensor, stem_cases)
 
 pytestmark = pytest.mark.skipif(native.EXT is None, reason="regnet_kernels._C is not built")
 OPS = torch.ops.regnet_kernels
@@ -439,22 +439,8 @@ def test_public_conv_times_its_routes(faster, monkeypatch):
     trials = cpu_backend.Trials()
     monkeypatch.setattr(cpu_backend, "_PUBLIC_TRIALS", trials)
     monkeypatch.setattr(cpu_backend, "_PUBLIC_ROUTES", {})
-    now, runs = [0.0], []
-
-    def timed(name, bind, cost):
-        def binder(*args):
-            run = bind(*args)
-
-            def timed_run(*call_args):
-                now[0] += cost
-                runs.append(name)
-                return run(*call_args)
-            return timed_run
-        return binder
-
-    monkeypatch.setattr(cpu_backend, "bind_onednn", timed("onednn", cpu_backend.bind_onednn, 1.0 if faster == 0 else 10.0))
-    monkeypatch.setattr(cpu_backend, "bind_native", timed("native", cpu_backend.bind_native, 10.0 if faster == 0 else 1.0))
-    trials.clock = lambda: now[0]
+    clock, runs = fake_timed_routes(monkeypatch, cpu_backend, faster)
+    trials.clock = clock
     case = grouped_cases(seed=11, per_width=1)[0]
     trial_runs = 2 * (1 + trials.TRIALS)
     for n in (1, 2):  # two signatures

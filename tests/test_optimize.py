@@ -11,7 +11,7 @@ from torch import nn
 import regnet
 import regnet_kernels as rk
 from regnet_kernels.modules import SETTLE_CALLS, FusedConv, FusedXBlock, FusedYBlock
-from kernel_cases import rel_err
+from kernel_cases import fake_timed_routes, rel_err
 
 
 def _randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:
@@ -127,22 +127,8 @@ def test_fused_conv_times_the_backend_routes_and_keeps_the_faster(faster, monkey
     fused = FusedConv(conv, bn, torch.float32)
     if not cpu_backend.conv_routes(x, fused.weight, fused.bias, 1, 1, 4, None, True, False):
         pytest.skip("no oneDNN route on this machine: one route, nothing to time")
-    now, runs = [0.0], []
-
-    def timed(name, bind, cost):
-        def binder(*args):
-            run = bind(*args)
-
-            def timed_run(*call_args):
-                now[0] += cost
-                runs.append(name)
-                return run(*call_args)
-            return timed_run
-        return binder
-
-    monkeypatch.setattr(cpu_backend, "bind_onednn", timed("onednn", cpu_backend.bind_onednn, 1.0 if faster == 0 else 10.0))
-    monkeypatch.setattr(cpu_backend, "bind_native", timed("native", cpu_backend.bind_native, 10.0 if faster == 0 else 1.0))
-    fused.route_trials.clock = lambda: now[0]
+    clock, runs = fake_timed_routes(monkeypatch, cpu_backend, faster)
+    fused.route_trials.clock = clock
     with torch.no_grad():
         ref = torch.relu(bn.double()(F.conv2d(x.double(), conv.weight.double(), None, 1, 1, 1, 4)))
         for _ in range(SETTLE_CALLS + 2):
