@@ -7,6 +7,7 @@
 #include <string>
 
 #include "common.h"
+#include "cpu/pool_allocator.h"
 
 TORCH_LIBRARY(regnet_kernels, m) {
   // Per-(n, c) sums over H, W in fp32 (the SE squeeze), for a channels-last x.
@@ -47,4 +48,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("build_info", &build_info, "How this extension was built");
   m.def("set_poison_outputs", [](bool on) { regnet_kernels::poison_outputs_flag().store(on); },
         "Fill native op outputs with NaN before kernels run (testing)");
+  m.def("cpu_pool_enter", &regnet_kernels::cpu_pool_enter,
+        "Install the CPU memory pool as the CPU allocator (regnet_kernels/memory.py)");
+  m.def("cpu_pool_exit", &regnet_kernels::cpu_pool_exit, "Leave a cpu_pool_enter scope");
+  m.def("cpu_pool_release_cached", &regnet_kernels::cpu_pool_release_cached, "Free the pool's cached blocks");
+  m.def("cpu_pool_stats", &regnet_kernels::cpu_pool_stats, "The pool's byte counters");
+  m.def("cpu_pool_simulate_stale_free", &regnet_kernels::cpu_pool_simulate_stale_free,
+        "Testing: free a block the pool has recorded with the wrong size (see pool_allocator.h)");
 }

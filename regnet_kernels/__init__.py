@@ -16,10 +16,11 @@ __all__ = [
     "conv_bn_act", "fold_bn", "fold_bn_params", "gated_conv1x1", "se_excite", "se_gate",
 ]
 
+from .memory import release_cached_memory  # noqa: E402
 from .modules import FusedRegNet, FusedXBlock, FusedYBlock  # noqa: E402
 from .optimize import optimize  # noqa: E402
 
-__all__ += ["FusedRegNet", "FusedXBlock", "FusedYBlock", "optimize"]
+__all__ += ["FusedRegNet", "FusedXBlock", "FusedYBlock", "optimize", "release_cached_memory"]
 
 # Backends register at import, not on the first op call, so torch.compile never traces the
 # registration (it would break a fullgraph capture).

@@ -8,7 +8,7 @@ import platform
 
 import torch
 
-from . import _ext, dispatch
+from . import _ext, dispatch, memory
 
 
 def _sample_args(device: str, dtype: torch.dtype, channels_last: bool = True):
@@ -52,6 +52,7 @@ def report() -> str:
         from .backends import cpu as cpu_backend
 
         lines.append(cpu_backend.onednn_routes())
+        lines.append(memory.pool_summary())
     forced = os.environ.get(dispatch.ENV_VAR)
     order = " > ".join(f"{n} ({'/'.join(d) if d else 'any device'})" for n, d in
                        ((n, dispatch.AUTO_DEVICES[n]) for n in dispatch.AUTO_ORDER))
