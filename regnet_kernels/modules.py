@@ -476,6 +476,8 @@ class FusedRegNet(_InferenceModule):
     block may write its output into its input's buffer (FusedXBlock.input_is_scratch), so a
     forward hook that keeps a block's input sees it overwritten, as with the original model's
     in-place ReLUs; the model's input and each stage's output are never overwritten.
+    On the CPU the stem and stages run with the extension's memory pool as torch's CPU allocator
+    (regnet_kernels/memory.py): each forward reuses the last one's large blocks.
     """
 
     def __init__(self, model: nn.Module, dtype: torch.dtype = torch.float32,
@@ -522,7 +524,4 @@ class FusedRegNet(_InferenceModule):
         return x
 
     def forward(self, x: Tensor) -> Tensor:
-        if torch.compiler.is_compiling() or not x.is_cpu:
-            return self.head(self.forward_features(x))
-        with pooled_cpu_memory():
-            return self.head(self.forward_features(x))
+        return self.head(self.forward_features(x))  # the head's tensors are small: not pooled
