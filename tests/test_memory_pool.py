@@ -223,3 +223,33 @@ def test_optimized_model_same_outputs_with_and_without_the_pool(name, monkeypatc
         outs.append(fast(x))
     for out in outs:
         assert (out - ref).abs().max().item() <= 1e-4
+
+
+def test_one_optimized_model_served_by_several_threads():
+    """Server threads sharing one optimized model: pooled forwards overlap, plans and timed choices
+    are made while other threads run; every output matches the original."""
+    torch.manual_seed(0)
+    model = regnet.create_model("regnety_002").eval()
+    fast = rk.optimize(model)
+    inputs = [torch.randn(2 + i % 2, 3, 96, 96, generator=GEN) for i in range(4)]
+    with torch.no_grad():
+        refs = [model(x) for x in inputs]
+    errors = []
+
+    def serve(i):
+        try:
+            with torch.no_grad():
+                for _ in range(SETTLE_CALLS + 4):
+                    err = (fast(inputs[i]) - refs[i]).abs().max().item()
+                    if not err <= 1e-4:
+                        errors.append(f"thread {i}: max abs error {err:.3g}")
+        except Exception as e:  # noqa: BLE001 (reported below)
+            errors.append(f"thread {i}: {e!r}")
+
+    threads = [threading.Thread(target=serve, args=(i,)) for i in range(len(inputs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert stats()["undersized_cached"] == 0
