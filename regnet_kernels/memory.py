@@ -8,8 +8,8 @@ extension's pool as torch's CPU allocator: freed blocks of 256 KB or more are ke
 handed out again; smaller ones are allocated and freed as c10's default allocator does. The pool
 reserves (in use + cached) at most twice the largest in-use total it has seen, freeing cached
 blocks of other sizes when a new size would pass that; `release_cached_memory()` frees what it
-keeps (like torch.cuda.empty_cache). Tensors allocated by other threads during such a forward come from the
-pool too, and return to it. REGNET_KERNELS_CPU_POOL=0 turns it off.
+keeps (like torch.cuda.empty_cache). Tensors allocated by other threads during such a forward
+come from the pool too, and return to it. REGNET_KERNELS_CPU_POOL=0 turns it off.
 """
 
 from __future__ import annotations
@@ -53,8 +53,8 @@ def release_cached_memory() -> None:
 
 
 def pool_stats() -> Dict[str, int]:
-    """in_use_bytes, cached_bytes, peak_in_use_bytes, min_block_bytes, misses, evictions (see
-    csrc/cpu/pool_allocator.h; {} without the extension)."""
+    """in_use_bytes, cached_bytes, peak_in_use_bytes, min_block_bytes, misses, evictions,
+    stale_entries, undersized_cached (see csrc/cpu/pool_allocator.h; {} without the extension)."""
     ext = _ext.load()
     return dict(ext.cpu_pool_stats()) if ext is not None else {}
 
