@@ -7,6 +7,7 @@
 #include <string>
 
 #include "common.h"
+#include "cpu/ops_cpu.h"
 #include "cpu/pool_allocator.h"
 
 TORCH_LIBRARY(regnet_kernels, m) {
@@ -53,6 +54,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("cpu_pool_exit", &regnet_kernels::cpu_pool_exit, "Leave a cpu_pool_enter scope");
   m.def("cpu_pool_release_cached", &regnet_kernels::cpu_pool_release_cached, "Free the pool's cached blocks");
   m.def("cpu_pool_stats", &regnet_kernels::cpu_pool_stats, "The pool's byte counters");
+  m.def("cpu_packed_weight_stats", &regnet_kernels::cpu::packed_weight_stats,
+        "Our conv kernels' packed-weight cache: entries, hits");
+  m.def("cpu_clear_packed_weights", &regnet_kernels::cpu::clear_packed_weights,
+        "Drop our conv kernels' packed weights");
   m.def("cpu_pool_simulate_stale_free", &regnet_kernels::cpu_pool_simulate_stale_free,
         "Testing: free a block the pool has recorded with the wrong size (see pool_allocator.h)");
 }

@@ -452,3 +452,57 @@ def test_public_conv_times_its_routes(faster, monkeypatch):
         assert sorted(runs[:trial_runs]) == ["native"] * (trial_runs // 2) + ["onednn"] * (trial_runs // 2), runs
         assert set(runs[trial_runs:]) == {("onednn", "native")[faster]}, runs
     assert not trials.samples and list(trials.chosen.values()) == [faster, faster]
+
+
+def test_native_conv_packed_weights_follow_the_weight():
+    """Our conv kernels cache packed weights per weight storage: a repeated call hits the cache;
+    in-place updates of the weight (directly or through a view) or of the bias repack; a new
+    weight where a freed one was is not mistaken for it; inference tensors (no version counter)
+    are packed on every call; gated_conv1x1's per-call 4-D view of a 2-D weight hits too."""
+    ext = native.EXT
+    op = torch.ops.regnet_kernels.conv_bn_act
+    x = random_tensor((2, 32, 9, 9), torch.float32, True, False, GEN)
+
+    def check(w, b, what):
+        with poison_outputs():
+            y = op(x, w, b, 1, 1, 4, None, True)
+        ref = torch.relu(torch.nn.functional.conv2d(to64(x), to64(w), to64(b), 1, 1, 1, 4))
+        assert_accurate(y, ref, what=what)
+
+    w, b = randn(32, 8, 3, 3) * 0.3, randn(32)
+    check(w, b, "first call")
+    hits = ext.cpu_packed_weight_stats()["hits"]
+    check(w, b, "second call")
+    assert ext.cpu_packed_weight_stats()["hits"] == hits + 1, "the packed weight was not reused"
+    w.mul_(-1)
+    check(w, b, "weight updated in place")
+    w.view(-1)[:40].add_(1.0)
+    check(w, b, "weight updated through a view")
+    b.add_(0.5)
+    check(w, b, "bias updated in place")
+    for i in range(8):  # new weights, likely at a freed one's address
+        del w
+        w = randn(32, 8, 3, 3) * 0.3
+        check(w, b, f"new weight {i}")
+    with torch.inference_mode():
+        wi, bi = randn(32, 8, 3, 3), randn(32)
+        check(wi, bi, "inference weight")
+        wi.mul_(-1)
+        check(wi, bi, "inference weight updated in place")
+
+    xg = random_tensor((2, 24, 5, 5), torch.float32, True, False, GEN)
+    gate, wg, bg = torch.rand(2, 24, generator=GEN), randn(40, 24) * 0.2, randn(40)
+    gated = torch.ops.regnet_kernels.gated_conv1x1
+
+    def check_gated(what):
+        y = gated(xg, gate, wg, bg, None, True)
+        ref = torch.relu(torch.einsum("nchw,oc->nohw", to64(xg) * to64(gate)[:, :, None, None], to64(wg))
+                         + to64(bg)[None, :, None, None])
+        assert_accurate(y, ref, what=what)
+
+    check_gated("gated, first call")
+    hits = ext.cpu_packed_weight_stats()["hits"]
+    check_gated("gated, second call")
+    assert ext.cpu_packed_weight_stats()["hits"] == hits + 1, "a per-call view of the weight missed the cache"
+    wg.add_(0.25)
+    check_gated("gated, weight updated in place")

@@ -5,12 +5,19 @@
 #include <ATen/Context.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <array>
+#include <map>
+#include <mutex>
 #include <optional>
+#include <string>
 #include <tuple>
+#include <unordered_map>
+#include <vector>
 
 #include "common.h"
 #include "cpu/kernel_args.h"
+#include "cpu/ops_cpu.h"
 #include "cpu/parallel.h"
 
 namespace regnet_kernels {
@@ -120,6 +127,142 @@ std::pair<at::Tensor, at::Tensor> pack_weights(const at::Tensor& weight, const s
   return {w_packed, b_packed};
 }
 
+// Packed weights cached per weight (and bias) storage, so a fused conv's weights are packed once
+// instead of on every call: at batch 1 the packing (a zero fill and a strided gather) was 25-45%
+// of a stage-4 grouped conv (bench/NOTES.md, Step 10). An entry serves a call while the weight's
+// storage is alive (weak reference) with the same data pointer, sizes, strides, dtype and version
+// counter (in-place updates through the tensor or its views bump it), and the same for the bias.
+// Views made per call (gated_conv1x1's 4-D view of a 2-D weight) hit too: the key is the storage,
+// not the tensor object. Inference tensors have no version counter: packed on every call. An
+// update through `.data` (which gets its own version counter) is not seen, as in the Python cache.
+class PackedWeightCache {
+ public:
+  std::pair<at::Tensor, at::Tensor> get(const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                                        int64_t groups, int64_t nv, int64_t co_blocks, int64_t lanes) {
+    if (weight.is_inference() || (bias && bias->is_inference())) {
+      return pack_weights(weight, bias, groups, nv, co_blocks, lanes);
+    }
+    Entry probe = describe(weight, bias, groups, nv, co_blocks, lanes);
+    std::lock_guard<std::mutex> lock(mu_);
+    auto& bucket = entries_[probe.w.data];
+    for (const Entry& e : bucket) {
+      if (e.matches(probe, weight, bias)) {
+        ++hits_;
+        return {e.w_packed, e.b_packed};
+      }
+    }
+    if (size_ >= kMaxEntries) {
+      prune_locked();
+    }
+    probe.set_packed(pack_weights(weight, bias, groups, nv, co_blocks, lanes));
+    entries_[probe.w.data].push_back(probe);  // (the prune may have dropped `bucket`)
+    ++size_;
+    return {probe.w_packed, probe.b_packed};
+  }
+
+  std::map<std::string, int64_t> stats() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return {{"entries", static_cast<int64_t>(size_)}, {"hits", hits_}};
+  }
+
+  void clear() {
+    std::lock_guard<std::mutex> lock(mu_);
+    entries_.clear();
+    size_ = 0;
+  }
+
+ private:
+  static constexpr size_t kMaxEntries = 1024;
+
+  struct Source {  // what a packed copy was made from
+    std::optional<c10::weak_intrusive_ptr<c10::StorageImpl>> storage;  // empty: no bias
+    const void* data = nullptr;
+    std::vector<int64_t> sizes, strides;
+    at::ScalarType dtype = at::kFloat;
+    int64_t version = 0;
+
+    static Source of(const at::Tensor& t) {
+      Source s;
+      s.storage.emplace(t.storage().getWeakStorageImpl());
+      s.data = t.const_data_ptr();
+      s.sizes = t.sizes().vec();
+      s.strides = t.strides().vec();
+      s.dtype = t.scalar_type();
+      s.version = t._version();
+      return s;
+    }
+
+    bool expired() const { return storage && storage->expired(); }
+
+    // `t` is the tensor `o` describes (nullptr for no bias).
+    bool same(const Source& o, const at::Tensor* t) const {
+      if (storage.has_value() != o.storage.has_value()) return false;
+      if (!storage) return true;
+      // The storage must be the live one the copy was made from, not a new one at the address.
+      return storage->lock().get() == t->storage().unsafeGetStorageImpl() && data == o.data && sizes == o.sizes &&
+             strides == o.strides && dtype == o.dtype && version == o.version;
+    }
+  };
+
+  struct Entry {
+    Source w, b;
+    int64_t groups = 0, nv = 0, co_blocks = 0, lanes = 0;
+    at::Tensor w_packed, b_packed;
+
+    bool matches(const Entry& probe, const at::Tensor& weight, const std::optional<at::Tensor>& bias) const {
+      return groups == probe.groups && nv == probe.nv && co_blocks == probe.co_blocks && lanes == probe.lanes &&
+             w.same(probe.w, &weight) && b.same(probe.b, bias ? &*bias : nullptr);
+    }
+    void set_packed(std::pair<at::Tensor, at::Tensor> packed) {
+      w_packed = std::move(packed.first);
+      b_packed = std::move(packed.second);
+    }
+  };
+
+  static Entry describe(const at::Tensor& weight, const std::optional<at::Tensor>& bias, int64_t groups, int64_t nv,
+                        int64_t co_blocks, int64_t lanes) {
+    Entry e;
+    e.w = Source::of(weight);
+    if (bias) e.b = Source::of(*bias);
+    e.groups = groups, e.nv = nv, e.co_blocks = co_blocks, e.lanes = lanes;
+    return e;
+  }
+
+  // Drop entries whose weight or bias storage is gone; if that is not enough, all of them.
+  void prune_locked() {
+    size_ = 0;
+    for (auto it = entries_.begin(); it != entries_.end();) {
+      auto& bucket = it->second;
+      bucket.erase(std::remove_if(bucket.begin(), bucket.end(),
+                                  [](const Entry& e) { return e.w.expired() || e.b.expired(); }),
+                   bucket.end());
+      size_ += bucket.size();
+      it = bucket.empty() ? entries_.erase(it) : std::next(it);
+    }
+    if (size_ >= kMaxEntries) {
+      entries_.clear();
+      size_ = 0;
+    }
+  }
+
+  std::mutex mu_;
+  std::unordered_map<const void*, std::vector<Entry>> entries_;  // weight data pointer -> entries
+  size_t size_ = 0;
+  int64_t hits_ = 0;
+};
+
+PackedWeightCache& packed_weight_cache() {
+  static PackedWeightCache* cache = new PackedWeightCache();  // never destroyed (exit order)
+  return *cache;
+}
+
+}  // namespace
+
+std::map<std::string, int64_t> packed_weight_stats() { return packed_weight_cache().stats(); }
+void clear_packed_weights() { packed_weight_cache().clear(); }
+
+namespace {
+
 // Shared by conv_bn_act, conv_bn_act_sums and gated_conv1x1. Returns y; fills sums if given.
 at::Tensor run_conv(const char* op, const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                     int64_t stride, int64_t padding, int64_t groups, const std::optional<at::Tensor>& residual,
@@ -158,7 +301,7 @@ at::Tensor run_conv(const char* op, const at::Tensor& x, const at::Tensor& weigh
   const int64_t vectors = (cout_g + isa.lanes - 1) / isa.lanes;
   const int64_t co_blocks = (vectors + 3) / 4;
   const int64_t nv = (vectors + co_blocks - 1) / co_blocks;
-  auto [w_packed, b_packed] = pack_weights(weight, bias, groups, nv, co_blocks, isa.lanes);
+  auto [w_packed, b_packed] = packed_weight_cache().get(weight, bias, groups, nv, co_blocks, isa.lanes);
 
   at::Tensor y = new_output(x, out_shape);
   at::Tensor row_sums;
