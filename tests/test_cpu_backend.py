@@ -457,8 +457,9 @@ def test_public_conv_times_its_routes(faster, monkeypatch):
 def test_native_conv_packed_weights_follow_the_weight():
     """Our conv kernels cache packed weights per weight storage: a repeated call hits the cache;
     in-place updates of the weight (directly or through a view) or of the bias repack; a new
-    weight where a freed one was is not mistaken for it; inference tensors (no version counter)
-    are packed on every call; gated_conv1x1's per-call 4-D view of a 2-D weight hits too."""
+    weight where a freed one was is not mistaken for it, and the freed one's copy is dropped;
+    inference tensors (no version counter) are packed on every call; gated_conv1x1's per-call
+    4-D view of a 2-D weight hits too."""
     ext = native.EXT
     op = torch.ops.regnet_kernels.conv_bn_act
     x = random_tensor((2, 32, 9, 9), torch.float32, True, False, GEN)
@@ -480,10 +481,13 @@ def test_native_conv_packed_weights_follow_the_weight():
     check(w, b, "weight updated through a view")
     b.add_(0.5)
     check(w, b, "bias updated in place")
+    entries = ext.cpu_packed_weight_stats()["entries"]
     for i in range(8):  # new weights, likely at a freed one's address
         del w
         w = randn(32, 8, 3, 3) * 0.3
         check(w, b, f"new weight {i}")
+    # Freed weights' packed copies go at the next miss, not when the cache is full.
+    assert ext.cpu_packed_weight_stats()["entries"] <= entries + 1
     with torch.inference_mode():
         wi, bi = randn(32, 8, 3, 3), randn(32)
         check(wi, bi, "inference weight")

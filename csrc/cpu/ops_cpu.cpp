@@ -151,9 +151,7 @@ class PackedWeightCache {
         return {e.w_packed, e.b_packed};
       }
     }
-    if (size_ >= kMaxEntries) {
-      prune_locked();
-    }
+    prune_locked();  // on every miss (rare, and dearer than the scan): dead weights' copies go
     probe.set_packed(pack_weights(weight, bias, groups, nv, co_blocks, lanes));
     entries_[probe.w.data].push_back(probe);  // (the prune may have dropped `bucket`)
     ++size_;
@@ -228,7 +226,7 @@ class PackedWeightCache {
     return e;
   }
 
-  // Drop entries whose weight or bias storage is gone; if that is not enough, all of them.
+  // Drop entries whose weight or bias storage is gone; if the rest still fill the cache, all.
   void prune_locked() {
     size_ = 0;
     for (auto it = entries_.begin(); it != entries_.end();) {
