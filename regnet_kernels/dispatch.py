@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Tuple
 
 __all__ = ["AUTO_ORDER", "BACKENDS", "register", "extra", "load_backends", "select", "explain", "BackendUnavailable",
-           "forced_backend"]
+           "forced_backend", "signature"]
 
 AUTO_ORDER = ("cuda", "triton", "cpu", "eager")
 BACKENDS = AUTO_ORDER
@@ -100,6 +100,13 @@ def load_backends() -> None:
     from .backends import load_all
 
     load_all()
+
+
+def signature(*tensors, flags=()):
+    """A hashable key of what argument checks, backend choices and timed route choices depend on:
+    shape, strides, dtype and device of each tensor (None stays None), then `flags`. Callers that
+    resolve once per signature (fused modules, the cpu backend's public conv) key on it."""
+    return tuple((t.shape, t.stride(), t.dtype, t.device) if t is not None else None for t in tensors) + tuple(flags)
 
 
 def forced_backend(backend: Optional[str]) -> Optional[str]:

@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from torch.nn.modules import module as nn_module
 
 from . import dispatch
+from .dispatch import signature
 from .ops import conv_bn_act as conv_op
 from .ops import gated_conv1x1 as gated_op
 from .ops import se_gate as se_gate_op
@@ -109,7 +110,7 @@ class _Planned(_InferenceModule):
         self._check_eval()
         if torch.compiler.is_compiling():
             return self._run_ops(x)
-        key = _signature(x)
+        key = signature(x)
         plan = self.plans.get(key)
         if plan is not None and not _global_hooks():
             return plan(x)
@@ -122,11 +123,6 @@ class _Planned(_InferenceModule):
     def _apply(self, fn, recurse=True):
         self.plans.clear()  # .to(), .float(), ...: the bound calls were made for the old tensors
         return super()._apply(fn, recurse)
-
-
-def _signature(*tensors, flags=()):
-    """What the argument checks and the backend choice depend on."""
-    return tuple((t.shape, t.stride(), t.dtype, t.device) if t is not None else None for t in tensors) + tuple(flags)
 
 
 class _ResolvedOps:
@@ -170,7 +166,7 @@ class FusedConv(nn.Module):
     def forward(self, x: Tensor, residual: Optional[Tensor] = None, relu: bool = True, channel_sums: bool = False,
                 backend: Optional[str] = None):
         w, b = self.weight, self.bias
-        key = _signature(x, residual, w, flags=(relu, channel_sums, backend))
+        key = signature(x, residual, w, flags=(relu, channel_sums, backend))
         runs = self.resolved.get(key, lambda: self._bind(key, x, residual, relu, channel_sums, backend))
         if torch.compiler.is_compiling():
             return runs[0](x, w, b, residual)
@@ -214,7 +210,7 @@ class FusedConv(nn.Module):
             stride, groups = self.stride, self.groups
             return lambda x, w, b, r: run(x, w, b, stride, padding, groups, r, True, False)
 
-        run = self.resolved.get(_signature(x, residual, w, flags=("into_residual", backend)), bind)
+        run = self.resolved.get(signature(x, residual, w, flags=("into_residual", backend)), bind)
         if not torch.compiler.is_compiling():
             _stash(self, "last_run", run)
         return run(x, w, b, residual)
@@ -223,7 +219,7 @@ class FusedConv(nn.Module):
         """K4: this 1x1 conv of x * gate[n, c], + bias + residual, ReLU."""
         w, b = self.weight, self.bias
         w2d, _, run = self.resolved.get(
-            _signature(x, gate, residual, w, flags=("gated", backend)),
+            signature(x, gate, residual, w, flags=("gated", backend)),
             lambda: gated_op.resolve(x, gate, w, b, residual, True, backend))
         if not torch.compiler.is_compiling():
             _stash(self, "last_gated", run)
@@ -358,7 +354,7 @@ class FusedYBlock(FusedXBlock):
     def _se_gate(self, y: Tensor) -> Tensor:
         """se_gate(y) without residual or ReLU (the gate-in-SE schedule), resolved per signature."""
         se = self._se_params()
-        run = self.resolved_se.get(_signature(y, flags=(self.backend,)),
+        run = self.resolved_se.get(signature(y, flags=(self.backend,)),
                                    lambda: se_gate_op.resolve(y, *se, None, False, None, self.backend))
         if not torch.compiler.is_compiling():
             _stash(self, "last_se_run", run)
@@ -382,7 +378,7 @@ class FusedYBlock(FusedXBlock):
 
     def _run_ops(self, x: Tensor) -> Tensor:
         be = self.backend
-        key = None if torch.compiler.is_compiling() else _signature(x, flags=(be,))
+        key = None if torch.compiler.is_compiling() else signature(x, flags=(be,))
         if key is not None:
             _stash(self, "last_schedule", None)
         in_se, trial = self._schedule_choice(key)

@@ -235,9 +235,7 @@ def conv_run(x, weight, bias, stride, padding, groups, residual, relu, channel_s
     args = (x, weight, bias, stride, padding, groups, residual, relu, channel_sums)
     if not TIMED_ROUTES or torch.compiler.is_compiling():
         return conv_bind(*args)(x, weight, bias, residual)
-    key = (x.shape, x.stride(), x.dtype, weight.shape, weight.dtype, bias is None,
-           None if residual is None else (residual.shape, residual.stride()), stride, padding, groups, relu,
-           channel_sums)
+    key = dispatch.signature(x, weight, bias, residual, flags=(stride, padding, groups, relu, channel_sums))
     runs = _PUBLIC_ROUTES.get(key)
     if runs is None:
         if len(_PUBLIC_ROUTES) >= _PUBLIC_ROUTES_MAX:
