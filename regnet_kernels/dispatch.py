@@ -21,8 +21,9 @@ backend has them (``extra(op, backend, name)``), so modules never name a backend
                        every call whose arguments have the same signature, with its choices
                        made once (fused modules bind once per input signature)
                    into_residual(x, weight, bias, stride, padding, groups, residual, relu)
-                       -> bound run(x, weight, bias, residual) writing the output into
-                       `residual`'s buffer, or None where it cannot
+                       -> bound runs(x, weight, bias, residual) for a caller that no longer
+                       needs `residual`, at least the first writing the output into its buffer,
+                       timed like routes when several; empty where none can
                    routes(*args of run) -> binders (like bind) of implementations whose speed on
                        these arguments depends on the machine: a fused conv times them on its
                        first calls and keeps the fastest (empty: bind, or run); the cpu

@@ -165,19 +165,21 @@ class FusedConv(nn.Module):
 
     def forward(self, x: Tensor, residual: Optional[Tensor] = None, relu: bool = True, channel_sums: bool = False,
                 backend: Optional[str] = None):
+        key = signature(x, residual, self.weight, flags=(relu, channel_sums, backend))
+        runs = self.resolved.get(key, lambda: self._bind(x, residual, relu, channel_sums, backend))
+        return self._run(key, runs, x, residual)
+
+    def _run(self, key, runs, x, residual):
+        """One of the bound calls `runs` of this signature, timed while the choice is open."""
         w, b = self.weight, self.bias
-        key = signature(x, residual, w, flags=(relu, channel_sums, backend))
-        runs = self.resolved.get(key, lambda: self._bind(key, x, residual, relu, channel_sums, backend))
         if torch.compiler.is_compiling():
             return runs[0](x, w, b, residual)
-        option, samples = (0, None) if len(runs) == 1 else self.route_trials.pick(key)
+        out, settled = self.route_trials.run(key, runs, x, w, b, residual)
         # The bound call of this signature once its route is settled, for the block's plan.
-        _stash(self, "last_run", runs[option] if samples is None else None)
-        if samples is None:
-            return runs[option](x, w, b, residual)
-        return self.route_trials.timed(key, samples, option, runs[option], x, w, b, residual)
+        _stash(self, "last_run", settled)
+        return out
 
-    def _bind(self, key, x, residual, relu, channel_sums, backend):
+    def _bind(self, x, residual, relu, channel_sums, backend):
         """Check the arguments, pick the backend, and bind its implementation for this input
         signature: [run(x, weight, bias, residual)], or one per route where the backend offers
         several (its `routes` extra; timed on the first calls). Backends without a `bind` extra get
@@ -188,7 +190,6 @@ class FusedConv(nn.Module):
         routes = dispatch.extra("conv_bn_act", name, "routes")
         binders = routes(*args) if routes is not None and not torch.compiler.is_compiling() else ()
         if binders:
-            self.route_trials.begin(key, len(binders))
             return [bind(*args) for bind in binders]
         bind = dispatch.extra("conv_bn_act", name, "bind")
         if bind is not None:
@@ -197,23 +198,19 @@ class FusedConv(nn.Module):
 
     def into_residual(self, x: Tensor, residual: Tensor, backend: Optional[str] = None) -> Tensor:
         """This conv of x + bias + residual, ReLU, written into `residual` where the chosen backend
-        can (the caller owns `residual` and no longer needs it), else into a new tensor."""
-        w, b = self.weight, self.bias
+        can and that is fastest (the caller owns `residual` and no longer needs it), else into a
+        new tensor. The backend's routes for this (its `into_residual` extra) are timed as in
+        forward()."""
+        key = signature(x, residual, self.weight, flags=("into_residual", backend))
+        return self._run(key, self.resolved.get(key, lambda: self._bind_into_residual(x, residual, backend)), x,
+                         residual)
 
-        def bind():
-            padding, name, run = conv_op.resolve(x, w, b, self.stride, None, self.groups, residual, True, False,
-                                                 backend)
-            into = dispatch.extra("conv_bn_act", name, "into_residual")
-            bound = into(x, w, b, self.stride, padding, self.groups, residual, True) if into is not None else None
-            if bound is not None:
-                return bound
-            stride, groups = self.stride, self.groups
-            return lambda x, w, b, r: run(x, w, b, stride, padding, groups, r, True, False)
-
-        run = self.resolved.get(signature(x, residual, w, flags=("into_residual", backend)), bind)
-        if not torch.compiler.is_compiling():
-            _stash(self, "last_run", run)
-        return run(x, w, b, residual)
+    def _bind_into_residual(self, x, residual, backend):
+        w, b, stride, groups = self.weight, self.bias, self.stride, self.groups
+        padding, name, run = conv_op.resolve(x, w, b, stride, None, groups, residual, True, False, backend)
+        into = dispatch.extra("conv_bn_act", name, "into_residual")
+        runs = into(x, w, b, stride, padding, groups, residual, True) if into is not None else []
+        return runs or self._bind(x, residual, True, False, backend)
 
     def gated(self, x: Tensor, gate: Tensor, residual: Optional[Tensor], backend: Optional[str] = None) -> Tensor:
         """K4: this 1x1 conv of x * gate[n, c], + bias + residual, ReLU."""

@@ -57,6 +57,19 @@ class Trials:
         self.record(key, samples, option, self.clock() - start)
         return out
 
+    def run(self, key, options, *args):
+        """(options[i](*args), options[i] once the choice is made, else None), for the option
+        pick() gives: while the choice is open each call runs one option, timed. One option is
+        no choice. The second value lets a caller keep the settled call (a fused block's plan)."""
+        if len(options) == 1:
+            return options[0](*args), options[0]
+        if key not in self.chosen:
+            self.begin(key, len(options))
+        option, samples = self.pick(key)
+        if samples is None:
+            return options[option](*args), options[option]
+        return self.timed(key, samples, option, options[option], *args), None
+
     def clear(self) -> None:
         self.chosen.clear()
         self.samples.clear()

@@ -109,8 +109,8 @@ def iter_layouts() -> Iterator[tuple]:
 
 
 def fake_timed_routes(monkeypatch, cpu_backend, faster: int):
-    """Make the cpu backend's two conv routes log their runs and cost 1 (the `faster`: 0 oneDNN,
-    1 ours) or 10 units on a fake clock. Returns (clock, runs): set a Trials' clock to `clock`;
+    """Make the cpu backend's two conv routes (and oneDNN's into-residual one) log their runs and
+    cost 1 (the `faster`: 0 oneDNN, 1 ours) or 10 units on a fake clock. Returns (clock, runs): set a Trials' clock to `clock`;
     `runs` lists the route of each run ("onednn" or "native")."""
     now, runs = [0.0], []
 
@@ -125,6 +125,9 @@ def fake_timed_routes(monkeypatch, cpu_backend, faster: int):
             return timed_run
         return binder
 
-    monkeypatch.setattr(cpu_backend, "bind_onednn", timed("onednn", cpu_backend.bind_onednn, 1.0 if faster == 0 else 10.0))
-    monkeypatch.setattr(cpu_backend, "bind_native", timed("native", cpu_backend.bind_native, 10.0 if faster == 0 else 1.0))
+    onednn_cost, native_cost = (1.0, 10.0) if faster == 0 else (10.0, 1.0)
+    monkeypatch.setattr(cpu_backend, "bind_onednn", timed("onednn", cpu_backend.bind_onednn, onednn_cost))
+    monkeypatch.setattr(cpu_backend, "bind_onednn_into_residual",
+                        timed("onednn", cpu_backend.bind_onednn_into_residual, onednn_cost))
+    monkeypatch.setattr(cpu_backend, "bind_native", timed("native", cpu_backend.bind_native, native_cost))
     return (lambda: now[0]), runs

@@ -407,27 +407,31 @@ def test_gated_conv1x1_onednn_route(n, c_in, c_out, hw, onednn_route):
 @pytest.mark.parametrize("relu", (True, False))
 @pytest.mark.parametrize("case", pointwise_cases()[:2] + grouped_cases(seed=7, per_width=1)[:2], ids=str)
 def test_conv_into_residual(case, relu, onednn_route):
-    """The fused blocks' K4 into the shortcut's buffer: right values, in that buffer; declined
-    (None, the caller then allocates) for bf16 and for strided residuals."""
+    """The fused blocks' K4 routes when they own the shortcut: oneDNN into the shortcut's buffer
+    and our kernel into a new tensor (timed by the fused conv), both right, each bound once and
+    serving the signature's next calls; none (the caller then runs the op as usual) for bf16 and
+    for strided residuals."""
     x, w, b = conv_inputs(case, torch.float32)
+    padding = (case.k - 1) // 2
+    routes = cpu_backend.conv_into_residual(x, w, b, case.stride, padding, case.groups,
+                                            random_tensor((case.n, case.c_out) + out_hw(case), torch.float32, True,
+                                                          False, GEN), relu)
+    assert len(routes) == 2
+    for route, (run, in_place) in enumerate(zip(routes, (True, False))):
+        for call in range(2):
+            xi = x if call == 0 else torch.randn_like(x)
+            res = random_tensor((case.n, case.c_out) + out_hw(case), torch.float32, True, False, GEN)
+            ref = rk.conv_bn_act(to64(xi), to64(w), to64(b), stride=case.stride, groups=case.groups,
+                                 residual=to64(res), relu=relu, backend="eager")
+            res_ptr = res.data_ptr()
+            y = run(xi, w, b, res)
+            assert (y.data_ptr() == res_ptr) == in_place, f"route {route}: output buffer"
+            assert_accurate(y, ref, what=f"{case} into residual, route {route}, call {call}")
     res = random_tensor((case.n, case.c_out) + out_hw(case), torch.float32, True, False, GEN)
-    ref = rk.conv_bn_act(to64(x), to64(w), to64(b), stride=case.stride, groups=case.groups, residual=to64(res),
-                         relu=relu, backend="eager")
-    run = cpu_backend.conv_into_residual(x, w, b, case.stride, (case.k - 1) // 2, case.groups, res, relu)
-    y = run(x, w, b, res)
-    assert y.data_ptr() == res.data_ptr()
-    assert_accurate(y, ref, what=f"{case} into residual")
-    # Bound once, it serves other arguments of the same signature (a fused block's next calls).
-    x2, res2 = torch.randn_like(x), torch.randn_like(res)
-    ref2 = rk.conv_bn_act(to64(x2), to64(w), to64(b), stride=case.stride, groups=case.groups, residual=to64(res2),
-                          relu=relu, backend="eager")
-    y2 = run(x2, w, b, res2)
-    assert y2.data_ptr() == res2.data_ptr()
-    assert_accurate(y2, ref2, what=f"{case} into residual, second call")
     strided = random_tensor(tuple(res.shape), torch.float32, True, True, GEN)
-    assert cpu_backend.conv_into_residual(x, w, b, case.stride, (case.k - 1) // 2, case.groups, strided, relu) is None
-    assert cpu_backend.conv_into_residual(x.bfloat16(), w.bfloat16(), b.bfloat16(), case.stride, (case.k - 1) // 2,
-                                          case.groups, res.bfloat16(), relu) is None
+    assert cpu_backend.conv_into_residual(x, w, b, case.stride, padding, case.groups, strided, relu) == []
+    assert cpu_backend.conv_into_residual(x.bfloat16(), w.bfloat16(), b.bfloat16(), case.stride, padding,
+                                          case.groups, res.bfloat16(), relu) == []
 
 
 @pytest.mark.parametrize("faster", (0, 1), ids=("onednn_faster", "native_faster"))

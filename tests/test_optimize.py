@@ -139,6 +139,36 @@ def test_fused_conv_times_the_backend_routes_and_keeps_the_faster(faster, monkey
     assert not fused.route_trials.samples and list(fused.route_trials.chosen.values()) == [faster]
 
 
+@pytest.mark.parametrize("faster", (0, 1), ids=("onednn_faster", "native_faster"))
+def test_block_times_k4_into_the_shortcut_and_keeps_the_faster(faster, monkeypatch):
+    """An X block with a projection owns its shortcut: K4 may be oneDNN writing into it or our kernel
+    into a new tensor. The block times both (a fake clock makes one 10x slower), keeps the faster,
+    and plans with it; every output matches the float64 block."""
+    from regnet_kernels.backends import cpu as cpu_backend
+
+    model = _randomize_bn(regnet.create_model("regnetx_002"))
+    block = next(model.s3.children())
+    assert block.proj is not None
+    fused = FusedXBlock(block, torch.float32).eval()
+    x = torch.randn(1, block.f.a.in_channels, 14, 14).to(memory_format=torch.channels_last)
+    k4_in = torch.randn(1, block.f.c.in_channels, 7, 7).to(memory_format=torch.channels_last)
+    shortcut = torch.randn(1, block.f.c.out_channels, 7, 7).to(memory_format=torch.channels_last)
+    if not cpu_backend.conv_into_residual(k4_in, fused.c.weight, fused.c.bias, 1, 0, 1, shortcut, True):
+        pytest.skip("no oneDNN route on this machine: one route, nothing to time")
+    clock, runs = fake_timed_routes(monkeypatch, cpu_backend, faster)
+    for conv in (fused.a, fused.b, fused.c, fused.proj):
+        conv.route_trials.clock = clock
+    with torch.no_grad():
+        ref = copy.deepcopy(block).double()(x.double())
+        for _ in range(SETTLE_CALLS + 2):
+            assert rel_err(fused(x), ref) <= 1e-5
+    assert fused.plans, "the block made no plan once settled"
+    key, chosen = next((k, v) for k, v in fused.c.route_trials.chosen.items() if "into_residual" in str(k))
+    assert chosen == faster and not fused.c.route_trials.samples, (key, chosen)
+    # Every conv of the block settled on the faster route, K4 included.
+    assert all(set(conv.route_trials.chosen.values()) == {faster} for conv in (fused.a, fused.b, fused.c, fused.proj))
+
+
 def test_blocks_run_plans_once_settled_and_drop_them_when_moved():
     """Once every choice for a signature is made, each block runs it as a plan (bound calls in
     order): the outputs stay those of the original on every call, before and after; .to() drops

@@ -3,9 +3,11 @@
 // Vectorized<float> in the inline namespace at::vec::CPU_CAPABILITY, and so does this file
 // (regnet_kernels::cpu::CPU_CAPABILITY), so every ISA's copy has its own symbols.
 //
-// Conv design (see csrc/cpu/README.md): one work item is one output row (n, oh). Its input rows
-// are converted to fp32 (times the SE gate for K4) into a zero-padded thread-local buffer, so
-// the inner loop has no border tests, no dtype conversion and works on strided views. The
+// Conv design (see csrc/cpu/README.md): one work item is one output row (n, oh), or a chunk of
+// its output channels where rows alone would leave a thread idle. Its input rows are converted
+// to fp32 (times the SE gate for K4) into a zero-padded thread-local buffer, so the inner loop
+// has no border tests, no dtype conversion and works on strided views (an unpadded fp32 1x1
+// without a gate reads x in place instead). The
 // micro-kernel keeps P output pixels x NV vectors of output channels in registers; each step
 // broadcasts one input value and does NV fused multiply-adds with a packed weight row. The
 // epilogue (residual, ReLU, store, channel sums) runs on the tile while it is in L1.
@@ -22,6 +24,7 @@
 #include <array>
 #include <cmath>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "cpu/kernel_args.h"
@@ -47,8 +50,8 @@ constexpr int64_t max_pixels_for(int64_t nv) {
 // What the micro-kernel needs for one tile: P output pixels x NV vectors of one group's
 // output channels.
 struct Tile {
-  const float* const* rows;  // k padded fp32 input rows, [w + 2 pad][c_in] each
-  int64_t c_in;              // pixel stride of the rows
+  const float* const* rows;  // k fp32 input rows: padded copies, or x's own rows (direct_input)
+  int64_t pixel_stride;      // elements between consecutive pixels of a row
   int64_t in_col0;           // first input column (padded coordinates) of the tile's first pixel
   int64_t stride;
   int64_t k;
@@ -69,13 +72,13 @@ void micro_kernel(const Tile& t) {
     const Vec bias = Vec::loadu(t.b + v * kLanes);
     for (int p = 0; p < P; ++p) acc[p][v] = bias;
   }
-  const int64_t pix_step = t.stride * t.c_in;  // between consecutive output pixels in a row
+  const int64_t pix_step = t.stride * t.pixel_stride;  // between consecutive output pixels in a row
   const float* w = t.w;
 #pragma GCC unroll 3
   for (int kh = 0; kh < K; ++kh) {
 #pragma GCC unroll 3
     for (int kw = 0; kw < K; ++kw) {
-      const float* x = t.rows[kh] + (t.in_col0 + kw) * t.c_in + t.ci0;
+      const float* x = t.rows[kh] + (t.in_col0 + kw) * t.pixel_stride + t.ci0;
       for (int64_t ci = 0; ci < t.cin_g; ++ci, w += VW) {
         Vec wv[NV];
         for (int v = 0; v < NV; ++v) wv[v] = Vec::loadu(w + v * kLanes);
@@ -174,6 +177,23 @@ inline void reduce_row_sums(const float* row_sums, int64_t n, int64_t rows, int6
   });
 }
 
+// How many chunks to split each output row's output-channel blocks into, so that the work items
+// (row, chunk) keep every thread busy: at least 95% of threads x items-per-thread, the split
+// at::parallel_for makes. Rows alone left a thread idle on maps with few rows: batch 1 at 7x7
+// splits 7 rows 4:3 over 2 threads, so one thread idles for an eighth of the conv.
+inline int64_t balanced_chunks(int64_t rows, int64_t blocks, int64_t threads) {
+  for (int64_t chunks = 1; chunks < blocks; ++chunks) {
+    const int64_t items = rows * chunks, per_thread = (items + threads - 1) / threads;
+    if (items * 20 >= per_thread * std::min(threads, items) * 19) return chunks;
+  }
+  return std::max<int64_t>(1, blocks);
+}
+
+// First output channel of packed block `block` (blocks run group-major).
+inline int64_t block_channel(const ConvProblem& p, int64_t block) {
+  return (block / p.co_blocks) * p.cout_g + (block % p.co_blocks) * p.nv * kLanes;
+}
+
 template <typename scalar_t>
 void conv_typed(const ConvProblem& p) {
   const auto* x = static_cast<const scalar_t*>(p.x);
@@ -186,55 +206,78 @@ void conv_typed(const ConvProblem& p) {
   // Split each row into equal pixel blocks of at most max_px (7 -> 7; 28 -> 10, 9, 9).
   const int64_t px_blocks = (p.w_out + max_px - 1) / max_px;
   const int64_t w_block_stride = p.k * p.k * p.cin_g * vw;
-  const int64_t items = p.n * p.h_out;
+  const int64_t rows_out = p.n * p.h_out;
+  const int64_t blocks = p.groups * p.co_blocks;
+  const int64_t chunks = balanced_chunks(rows_out, blocks, at::get_num_threads());
   const MicroTable& micro = p.k == 3 ? kMicro3x3 : kMicro1x1;
+  // An unpadded fp32 1x1 conv without a gate reads x's rows in place: a copy would only repeat
+  // them (x's channel stride is 1, its pixel stride is given to the micro-kernel).
+  bool direct_input = false;
+  if constexpr (std::is_same_v<scalar_t, float>) direct_input = p.k == 1 && p.pad == 0 && !p.gate;
 
-  parallel_for(0, items, 1, [&](int64_t i0, int64_t i1) {
+  // Items are (output row, chunk of its channel blocks), row-major: a thread's consecutive items
+  // share a row, which it packs once.
+  parallel_for(0, rows_out * chunks, 1, [&](int64_t i0, int64_t i1) {
     // Per-thread scratch: k padded rows (the pad columns stay zero), a zero row for taps
     // above/below the image, and the tile.
-    std::vector<float> buf((p.k + 1) * row_floats, 0.f);
+    std::vector<float> buf(direct_input ? 0 : (p.k + 1) * row_floats, 0.f);
     std::vector<float> tile(kMaxPixels * vw);
-    const float* zero_row = buf.data() + p.k * row_floats;
+    const float* zero_row = direct_input ? nullptr : buf.data() + p.k * row_floats;
     const float* rows[3];
+    int64_t rows_of = -1;  // the output row whose input rows are in `rows`
     for (int64_t item = i0; item < i1; ++item) {
-      const int64_t n = item / p.h_out, oh = item % p.h_out;
-      for (int64_t kh = 0; kh < p.k; ++kh) {
-        const int64_t ih = oh * p.stride + kh - p.pad;
-        if (ih < 0 || ih >= p.h) {
-          rows[kh] = zero_row;
-        } else {
-          float* dst = buf.data() + kh * row_floats;
-          pack_input_row(p, x, n, ih, dst);
-          rows[kh] = dst;
+      const int64_t row = item / chunks, chunk = item % chunks;
+      const int64_t n = row / p.h_out, oh = row % p.h_out;
+      if (row != rows_of) {
+        for (int64_t kh = 0; kh < p.k; ++kh) {
+          const int64_t ih = oh * p.stride + kh - p.pad;
+          if (ih < 0 || ih >= p.h) {
+            rows[kh] = zero_row;
+          } else if constexpr (std::is_same_v<scalar_t, float>) {
+            if (direct_input) {
+              rows[kh] = x + n * p.x_sn + ih * p.x_sh;
+            } else {
+              pack_input_row(p, x, n, ih, buf.data() + kh * row_floats);
+              rows[kh] = buf.data() + kh * row_floats;
+            }
+          } else {
+            pack_input_row(p, x, n, ih, buf.data() + kh * row_floats);
+            rows[kh] = buf.data() + kh * row_floats;
+          }
         }
+        rows_of = row;
       }
-      float* row_sum = p.row_sums ? p.row_sums + item * p.c_out : nullptr;
-      if (row_sum) std::fill(row_sum, row_sum + p.c_out, 0.f);
+      const int64_t pixel_stride = direct_input ? p.x_sw : p.c_in;
+      const int64_t b0 = chunk * blocks / chunks, b1 = (chunk + 1) * blocks / chunks;
+      // This chunk's channels of the row's partial sums: blocks are contiguous in channels.
+      float* row_sum = p.row_sums ? p.row_sums + row * p.c_out : nullptr;
+      if (row_sum) {
+        const int64_t end = b1 == blocks ? p.c_out : block_channel(p, b1);
+        std::fill(row_sum + block_channel(p, b0), row_sum + end, 0.f);
+      }
       const scalar_t* res_row = res ? res + n * p.r_sn + oh * p.r_sh : nullptr;
       scalar_t* y_row = y + n * p.y_sn + oh * p.y_sh;
 
-      for (int64_t g = 0; g < p.groups; ++g) {
-        for (int64_t cb = 0; cb < p.co_blocks; ++cb) {
-          const int64_t block = g * p.co_blocks + cb;
-          const int64_t co_local0 = cb * vw;
-          const int64_t co0 = g * p.cout_g + co_local0;
-          const int64_t valid = std::min(vw, p.cout_g - co_local0);
-          Tile t{rows, p.c_in, 0, p.stride, p.k, p.cin_g, g * p.cin_g, p.w_packed + block * w_block_stride,
-                 p.b_packed + block * vw, tile.data()};
-          for (int64_t pb = 0, ow0 = 0; pb < px_blocks; ++pb) {
-            const int64_t np = (p.w_out - ow0 + (px_blocks - pb) - 1) / (px_blocks - pb);
-            t.in_col0 = ow0 * p.stride;
-            micro[p.nv][np](t);
-            for (int64_t q = 0; q < np; ++q) {
-              const int64_t ow = ow0 + q;
-              for (int64_t c = 0; c < valid; c += kLanes) {
-                epilogue(p, Vec::loadu(tile.data() + q * vw + c), res_row ? res_row + ow * p.r_sw + co0 + c : nullptr,
-                         y_row + ow * p.y_sw + co0 + c, row_sum ? row_sum + co0 + c : nullptr,
-                         std::min(kLanes, valid - c));
-              }
+      for (int64_t block = b0; block < b1; ++block) {
+        const int64_t g = block / p.co_blocks, cb = block % p.co_blocks;
+        const int64_t co_local0 = cb * vw;
+        const int64_t co0 = g * p.cout_g + co_local0;
+        const int64_t valid = std::min(vw, p.cout_g - co_local0);
+        Tile t{rows, pixel_stride, 0, p.stride, p.k, p.cin_g, g * p.cin_g, p.w_packed + block * w_block_stride,
+               p.b_packed + block * vw, tile.data()};
+        for (int64_t pb = 0, ow0 = 0; pb < px_blocks; ++pb) {
+          const int64_t np = (p.w_out - ow0 + (px_blocks - pb) - 1) / (px_blocks - pb);
+          t.in_col0 = ow0 * p.stride;
+          micro[p.nv][np](t);
+          for (int64_t q = 0; q < np; ++q) {
+            const int64_t ow = ow0 + q;
+            for (int64_t c = 0; c < valid; c += kLanes) {
+              epilogue(p, Vec::loadu(tile.data() + q * vw + c), res_row ? res_row + ow * p.r_sw + co0 + c : nullptr,
+                       y_row + ow * p.y_sw + co0 + c, row_sum ? row_sum + co0 + c : nullptr,
+                       std::min(kLanes, valid - c));
             }
-            ow0 += np;
           }
+          ow0 += np;
         }
       }
     }

@@ -242,26 +242,25 @@ def conv_run(x, weight, bias, stride, padding, groups, residual, relu, channel_s
             _PUBLIC_ROUTES.clear()
             _PUBLIC_TRIALS.clear()
         binders = conv_routes(*args)
-        runs = [bind(*args) for bind in binders] if binders else [conv_bind(*args)]
-        if len(runs) > 1:
-            _PUBLIC_TRIALS.begin(key, len(runs))
-        _PUBLIC_ROUTES[key] = runs
-    if len(runs) == 1:
-        return runs[0](x, weight, bias, residual)
-    option, samples = _PUBLIC_TRIALS.pick(key)
-    if samples is None:
-        return runs[option](x, weight, bias, residual)
-    return _PUBLIC_TRIALS.timed(key, samples, option, runs[option], x, weight, bias, residual)
+        runs = _PUBLIC_ROUTES[key] = [bind(*args) for bind in binders] if binders else [conv_bind(*args)]
+    return _PUBLIC_TRIALS.run(key, runs, x, weight, bias, residual)[0]
 
 
 def conv_into_residual(x, weight, bias, stride, padding, groups, residual, relu):
-    """conv(x) + bias + residual [+ ReLU] written into `residual`, for callers that own it and no
-    longer need it (a fused block's shortcut), bound as run(x, weight, bias, residual); None where
-    this route does not apply (the caller then runs the op as usual). oneDNN's in-place sum
-    post-op saves the output allocation: 7-17% per call at batch 16, 7-9% at batch 1 (NOTES.md).
-    fp32 only: torch's bf16 path differs."""
+    """Routes for conv(x) + bias + residual [+ ReLU] where the caller owns `residual` and no longer
+    needs it (a fused block's shortcut), bound as run(x, weight, bias, residual): oneDNN's in-place
+    sum post-op, writing into `residual` (it saves the output allocation: 7-17% per call at batch
+    16, 7-9% at batch 1, NOTES.md), and our kernel into a new tensor, to be timed: oneDNN spends
+    ~30 us per call before it computes, which is a third of a stage-4 1x1 conv at batch 1
+    (NOTES.md, Step 11). Empty where the in-place route does not apply (fp32 only: torch's bf16
+    path differs); the caller then runs the op as usual."""
     if x.dtype != torch.float32 or not _use_onednn(x, weight, groups, residual):
-        return None
+        return []
+    args = (x, weight, bias, stride, padding, groups, residual, relu, False)
+    return [bind_onednn_into_residual(*args), bind_native(*args)]
+
+
+def bind_onednn_into_residual(x, weight, bias, stride, padding, groups, residual, relu, channel_sums):
     return _bind_onednn_conv(x, stride, padding, groups, residual, relu, into_residual=True)
 
 
