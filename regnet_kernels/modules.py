@@ -23,7 +23,6 @@ import threading
 from typing import Optional, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules import module as nn_module
 
@@ -156,10 +155,21 @@ class FusedConv(nn.Module):
 
     def __init__(self, conv: nn.Conv2d, bn: nn.BatchNorm2d, dtype: torch.dtype):
         super().__init__()
-        w, b = fold_bn(conv, bn, dtype=dtype)
-        self.register_buffer("weight", w)
-        self.register_buffer("bias", b)
-        self.stride, self.groups = conv.stride[0], conv.groups
+        self._hold(*fold_bn(conv, bn, dtype=dtype), conv.stride[0], conv.groups)
+
+    @classmethod
+    def from_linear(cls, fc: nn.Linear, dtype: torch.dtype) -> "FusedConv":
+        """An FC layer (no BN to fold) as a 1x1 conv, for pooled [N, C, 1, 1] activations."""
+        self = cls.__new__(cls)
+        nn.Module.__init__(self)
+        bias = fc.bias if fc.bias is not None else torch.zeros(fc.out_features)
+        self._hold(fc.weight.detach()[:, :, None, None].to(dtype).clone(), bias.detach().to(dtype).clone(), 1, 1)
+        return self
+
+    def _hold(self, weight: Tensor, bias: Tensor, stride: int, groups: int) -> None:
+        self.register_buffer("weight", weight)
+        self.register_buffer("bias", bias)
+        self.stride, self.groups = stride, groups
         self.resolved = _ResolvedOps()
         self.route_trials = Trials()  # where the backend offers several routes (its `routes` extra)
 
@@ -446,19 +456,22 @@ class FusedStem(_InferenceModule):
 
 
 class FusedHead(nn.Module):
-    """Global average pool (fp32 accumulation) and FC."""
+    """Global average pool (fp32 accumulation) and FC. The FC runs as a 1x1 conv of the pooled
+    [N, C, 1, 1] through the op API, so its route is chosen (and timed) like the blocks' convs:
+    after a forward its weight comes from L3 or memory, which our kernel streams on every thread
+    (regnetx_004 batch 1 on an AMD EPYC: 177 us for pool and FC against 312 with F.linear;
+    bench/NOTES.md, Step 11)."""
 
-    def __init__(self, head: nn.Module, dtype: torch.dtype):
+    def __init__(self, head: nn.Module, dtype: torch.dtype, backend: Optional[str] = None):
         super().__init__()
-        fc = head.fc
-        self.has_fc = isinstance(fc, nn.Linear)
-        if self.has_fc:
-            self.register_buffer("weight", fc.weight.detach().to(dtype).clone())
-            self.register_buffer("bias", fc.bias.detach().to(dtype).clone())
+        self.fc = FusedConv.from_linear(head.fc, dtype) if isinstance(head.fc, nn.Linear) else None
+        self.backend = backend
 
     def forward(self, x: Tensor) -> Tensor:
-        pooled = x.mean((2, 3), dtype=torch.float32).to(x.dtype)
-        return F.linear(pooled, self.weight, self.bias) if self.has_fc else pooled
+        pooled = x.mean((2, 3), keepdim=True, dtype=torch.float32).to(x.dtype)
+        if self.fc is None:
+            return pooled.flatten(1)
+        return self.fc(pooled, relu=False, backend=self.backend).flatten(1)
 
 
 class FusedRegNet(_InferenceModule):
@@ -495,7 +508,7 @@ class FusedRegNet(_InferenceModule):
                     blocks.append(fused)
                 self.add_module(name, nn.Sequential(*blocks))
                 self.stage_names.append(name)
-        self.head = FusedHead(model.head, dtype)
+        self.head = FusedHead(model.head, dtype, backend)
         self.eval()
 
     def forward_features(self, x: Tensor) -> Tensor:

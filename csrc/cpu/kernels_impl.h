@@ -215,8 +215,11 @@ void conv_typed(const ConvProblem& p) {
   bool direct_input = false;
   if constexpr (std::is_same_v<scalar_t, float>) direct_input = p.k == 1 && p.pad == 0 && !p.gate;
 
-  // Items are (output row, chunk of its channel blocks), row-major: a thread's consecutive items
-  // share a row, which it packs once.
+  // Items are (output row, chunk of its channel blocks). Row-major where rows are packed: a
+  // thread's consecutive items share a row, which it packs once. Chunk-major where x is read in
+  // place: each thread then reads only its chunks' weights (a stage-4 1x1 at batch 1 reads
+  // 590 KB of weights, from L3 in a forward, for 7 rows of 7 pixels).
+  const bool chunk_major = direct_input;
   parallel_for(0, rows_out * chunks, 1, [&](int64_t i0, int64_t i1) {
     // Per-thread scratch: k padded rows (the pad columns stay zero), a zero row for taps
     // above/below the image, and the tile.
@@ -226,7 +229,8 @@ void conv_typed(const ConvProblem& p) {
     const float* rows[3];
     int64_t rows_of = -1;  // the output row whose input rows are in `rows`
     for (int64_t item = i0; item < i1; ++item) {
-      const int64_t row = item / chunks, chunk = item % chunks;
+      const int64_t row = chunk_major ? item % rows_out : item / chunks;
+      const int64_t chunk = chunk_major ? item / rows_out : item % chunks;
       const int64_t n = row / p.h_out, oh = row % p.h_out;
       if (row != rows_of) {
         for (int64_t kh = 0; kh < p.k; ++kh) {
