@@ -16,7 +16,7 @@ import torch
 from .. import dispatch
 from ..ops.checks import SUPPORTED_KERNEL_SIZES, SUPPORTED_STRIDES, fc_matrix
 from ..trials import Trials
-from .native import EXT, native_op
+from .native import EXT, native_call
 
 NAME = "cpu"
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -195,7 +195,7 @@ def bind_onednn(x, weight, bias, stride, padding, groups, residual, relu, channe
     run = _bind_onednn_conv(x, stride, padding, groups, residual, relu)
     if not channel_sums:
         return run
-    sums = native_op("channel_sums")
+    sums = native_call("channel_sums")
 
     def run_with_sums(x, w, b, r):
         y = run(x, w, b, r)
@@ -205,9 +205,9 @@ def bind_onednn(x, weight, bias, stride, padding, groups, residual, relu, channe
 
 def bind_native(x, weight, bias, stride, padding, groups, residual, relu, channel_sums):
     if channel_sums:
-        op = native_op("conv_bn_act_sums")
+        op = native_call("conv_bn_act_sums")
         return lambda x, w, b, r: op(x, w, b, stride, padding, groups, relu)
-    op = native_op("conv_bn_act")
+    op = native_call("conv_bn_act")
     return lambda x, w, b, r: op(x, w, b, stride, padding, groups, r, relu)
 
 
@@ -282,7 +282,7 @@ def se_supports(*, x, w1, b1, w2, b2, residual=None, relu=False, sums=None, forc
 def se_run(x, w1, b1, w2, b2, residual, relu, sums):
     if not torch.compiler.is_compiling():  # dynamo does not trace the cache; the op takes any layout
         w2 = fc_by_input(w2)
-    return native_op("se_gate")(x, w1, b1, w2, b2, residual, relu, sums)
+    return native_call("se_gate")(x, w1, b1, w2, b2, residual, relu, sums)
 
 
 def gated_supports(*, x, gate, weight, bias=None, residual=None, relu=True, forced=False) -> List[str]:
@@ -309,7 +309,7 @@ def gated_run(x, gate, weight, bias, residual, relu):
         # oneDNN has no per-(n, c) input scale: the gated input costs one extra pass over x.
         gated = x * gate.to(x.dtype)[:, :, None, None]
         return _bind_onednn_conv(gated, 1, 0, 1, residual, relu)(gated, weight, bias, residual)
-    return native_op("gated_conv1x1")(x, gate, weight, bias, residual, relu)
+    return native_call("gated_conv1x1")(x, gate, weight, bias, residual, relu)
 
 
 dispatch.register("conv_bn_act", NAME, conv_supports, conv_run, into_residual=conv_into_residual, routes=conv_routes,

@@ -25,6 +25,24 @@ def native_op(name: str):
     return op
 
 
+_CALLS = {}
+
+
+def native_call(name: str):
+    """The op's dispatcher entry (its default overload's C++ callable), for calls bound outside
+    torch.compile: it skips the two Python frames of torch.ops' packet and overload, ~2 us of a
+    ~5 us call at batch 1 (NOTES.md, Step 11). Under torch.compile, native_op(name), which dynamo
+    traces. Goes through the dispatcher like native_op: profiler records, fake kernels and
+    checks are the same."""
+    if torch.compiler.is_compiling():
+        return native_op(name)
+    call = _CALLS.get(name)
+    if call is None and EXT is not None:
+        overload = native_op(name).default
+        call = _CALLS[name] = getattr(overload, "_op", overload)  # torch-private: fall back to the overload
+    return call
+
+
 if EXT is not None:
 
     @torch.library.register_fake(f"{NAMESPACE}::channel_sums")
