@@ -263,26 +263,33 @@ void clear_packed_weights() { packed_weight_cache().clear(); }
 namespace {
 
 // Output-channel blocking: vectors of output channels per block (1-4; blocks have equal widths,
-// zero-padded). The micro-kernel is bound by its FMAs (P pixels x nv vectors per input channel
-// step) or by its loads (nv weight vectors + P broadcasts), so a row of w_out pixels in blocks of
-// nv vectors costs about blocks x sum over its pixel tiles of max(P nv, nv + P) cycles per step.
-// Padding counts: 160 channels as 4+4+4 vectors compute 12 for 10 (2 x 5 computes 10, 17%
-// fewer cycles); 336 as 6 x 4 compute 24 for 21 (7 x 3: 21). Ties go to wider blocks (fewer
-// broadcasts per FMA).
-int64_t vectors_per_block(const IsaKernels& isa, int64_t vectors, int64_t w_out) {
-  int64_t best_nv = 1;
+// zero-padded), from a cost model of the micro-kernel for one output row, in cycles:
+// - each input-channel step of a tile of P pixels costs max(P nv FMAs, 1.5 (nv + P) loads);
+// - a block's packed weights (steps x nv vectors) stream from L2 once per tile, or once per
+//   row if they fit in L1 (kL1WeightBytes), at ~32 bytes per cycle.
+// Fitted on an AMD EPYC (bench/NOTES.md, Step 11), against blocks of 4 vectors as even as
+// possible: 160 channels as 5 x 2 vectors instead of 3 x 4 (12 vectors for 10) 14-18% faster;
+// 384 and 440 on 7-pixel rows as blocks of 3 with one 7-pixel tile instead of blocks of 4
+// (tiles of 4 and 3, weights streamed twice) 7-18% faster; single-vector blocks lose (a
+// broadcast per FMA), hence the load weight. Wider blocks win ties within 3%.
+constexpr int64_t kL1WeightBytes = 24 * 1024;
+
+int64_t vectors_per_block(const IsaKernels& isa, int64_t vectors, int64_t w_out, int64_t steps) {
+  int64_t best_nv = 0;
   double best_cost = 0;
   for (int64_t nv = std::min<int64_t>(4, vectors); nv >= 1; --nv) {
     const int64_t blocks = (vectors + nv - 1) / nv, max_px = isa.max_pixels(nv);
     const int64_t tiles = (w_out + max_px - 1) / max_px;
-    double row = 0;
+    double fma_cycles = 0;
     for (int64_t t = 0, done = 0; t < tiles; ++t) {
       const int64_t p = (w_out - done + (tiles - t) - 1) / (tiles - t);  // the kernel's equal split
-      row += static_cast<double>(std::max(p * nv, nv + p));
+      fma_cycles += static_cast<double>(steps) * std::max<double>(p * nv, 1.5 * (nv + p));
       done += p;
     }
-    const double cost = row * static_cast<double>(blocks);
-    if (nv == std::min<int64_t>(4, vectors) || cost < best_cost * 0.97) best_nv = nv, best_cost = cost;
+    const int64_t block_bytes = steps * nv * isa.lanes * static_cast<int64_t>(sizeof(float));
+    const int64_t streams = block_bytes <= kL1WeightBytes ? 1 : tiles;
+    const double cost = static_cast<double>(blocks) * (fma_cycles + static_cast<double>(streams * block_bytes) / 32.0);
+    if (best_nv == 0 || cost < best_cost * 0.97) best_nv = nv, best_cost = cost;
   }
   return best_nv;
 }
@@ -322,7 +329,7 @@ at::Tensor run_conv(const char* op, const at::Tensor& x, const at::Tensor& weigh
   const IsaKernels& isa = selected_kernels();
   const int64_t cout_g = c_out / groups, cin_g = c_in / groups;
   const int64_t vectors = (cout_g + isa.lanes - 1) / isa.lanes;
-  const int64_t nv = vectors_per_block(isa, vectors, w_out);
+  const int64_t nv = vectors_per_block(isa, vectors, w_out, cin_g * k * k);
   const int64_t co_blocks = (vectors + nv - 1) / nv;
   auto [w_packed, b_packed] = packed_weight_cache().get(weight, bias, groups, nv, co_blocks, isa.lanes);
 
