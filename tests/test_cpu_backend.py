@@ -113,6 +113,22 @@ def test_conv_fp32(case, layout, native_route):
     check_against_reference(rk.conv_bn_act, (x, w, b), kw, torch.float32, f"{case} {variant}")
 
 
+# Many samples of small maps: each thread's run of output rows crosses sample boundaries, where an
+# input row kept packed from the last sample (same row index, other sample) must not be reused;
+# and maps of 1-3 rows, where the row slots are not all rewritten within a sample.
+SMALL_MAP_CASES = [ConvCase(n, c, c, h, h, 3, stride, c // gw) for n, c, h, stride, gw in
+                   ((6, 48, 1, 1, 16), (7, 32, 2, 1, 8), (5, 64, 3, 1, 64), (6, 24, 3, 2, 24), (4, 40, 5, 1, 8),
+                    (9, 16, 2, 2, 16))]
+
+
+@pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16))
+@pytest.mark.parametrize("case", SMALL_MAP_CASES, ids=str)
+def test_conv_many_samples_of_small_maps(case, dtype, native_route):
+    x, w, b = conv_inputs(case, dtype)
+    kw = conv_variant_kwargs(case, "residual_relu", dtype, True, False)
+    check_against_reference(rk.conv_bn_act, (x, w, b), kw, dtype, f"{case} {dtype}")
+
+
 @pytest.mark.parametrize("case", CONV_CASES, ids=str)
 def test_conv_fp32_onednn_route(case, onednn_route):
     """The same cases through the oneDNN route (prepacked weights, post-ops, our channel sums),
