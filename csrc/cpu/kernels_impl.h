@@ -93,6 +93,34 @@ void micro_kernel(const Tile& t) {
     for (int v = 0; v < NV; ++v) acc[p][v].store(t.out + p * VW + v * kLanes);
 }
 
+// The 3x3 stride-1 micro-kernel for one vector of output channels (group widths 8 and 16, most
+// grouped convs of the zoo). The generic kernel broadcasts each input value once per tap it
+// meets: per input channel and kernel row 3 x (1 weight + P broadcasts) loads for 3P FMAs, so it
+// is bound by loads. Here each of the row's P + 2 input values is broadcast once and feeds the up
+// to three output pixels it contributes to: 3 weights + P + 2 broadcasts for the same 3P FMAs.
+template <int P>
+void micro_kernel_3x3_s1_nv1(const Tile& t) {
+  Vec acc[P];
+  const Vec bias = Vec::loadu(t.b);
+  for (int p = 0; p < P; ++p) acc[p] = bias;
+  const int64_t ps = t.pixel_stride, tap_stride = t.cin_g * kLanes;  // packed [kh][kw][ci][lanes]
+  for (int kh = 0; kh < 3; ++kh) {
+    const float* x = t.rows[kh] + t.in_col0 * ps + t.ci0;
+    const float* w = t.w + kh * 3 * tap_stride;
+    for (int64_t ci = 0; ci < t.cin_g; ++ci, w += kLanes) {
+      const Vec w0 = Vec::loadu(w), w1 = Vec::loadu(w + tap_stride), w2 = Vec::loadu(w + 2 * tap_stride);
+#pragma GCC unroll 16
+      for (int j = 0; j < P + 2; ++j) {
+        const Vec xb(x[j * ps + ci]);
+        if (j < P) acc[j] = at::vec::fmadd(w0, xb, acc[j]);
+        if (j >= 1 && j <= P) acc[j - 1] = at::vec::fmadd(w1, xb, acc[j - 1]);
+        if (j >= 2) acc[j - 2] = at::vec::fmadd(w2, xb, acc[j - 2]);
+      }
+    }
+  }
+  for (int p = 0; p < P; ++p) acc[p].store(t.out + p * kLanes);
+}
+
 using MicroFn = void (*)(const Tile&);
 
 template <int P, int NV, int K>
@@ -119,9 +147,22 @@ constexpr MicroTable micro_tables() {
 }
 
 // kMicro1x1/kMicro3x3[nv][p]: the micro-kernel for p pixels x nv vectors (nullptr where it
-// would not fit in registers).
+// would not fit in registers); kMicro3x3s1 for stride 1 (single vectors: micro_kernel_3x3_s1_nv1).
 inline constexpr MicroTable kMicro1x1 = micro_tables<1>();
 inline constexpr MicroTable kMicro3x3 = micro_tables<3>();
+
+template <int... Ps>
+constexpr std::array<MicroFn, kMaxPixels + 1> micro_3x3_s1_nv1_table(std::integer_sequence<int, Ps...>) {
+  return {nullptr, &micro_kernel_3x3_s1_nv1<Ps + 1>...};
+}
+
+constexpr MicroTable micro_3x3_s1_tables() {
+  MicroTable table = micro_tables<3>();
+  table[1] = micro_3x3_s1_nv1_table(std::make_integer_sequence<int, kMaxPixels>{});
+  return table;
+}
+
+inline constexpr MicroTable kMicro3x3s1 = micro_3x3_s1_tables();
 
 // One input row of x (n, ih), widened to fp32 and gated, into dst's columns pad..pad+w-1.
 template <typename scalar_t>
@@ -209,7 +250,7 @@ void conv_typed(const ConvProblem& p) {
   const int64_t rows_out = p.n * p.h_out;
   const int64_t blocks = p.groups * p.co_blocks;
   const int64_t chunks = balanced_chunks(rows_out, blocks, at::get_num_threads());
-  const MicroTable& micro = p.k == 3 ? kMicro3x3 : kMicro1x1;
+  const MicroTable& micro = p.k == 3 ? (p.stride == 1 ? kMicro3x3s1 : kMicro3x3) : kMicro1x1;
   // An unpadded fp32 1x1 conv without a gate reads x's rows in place: a copy would only repeat
   // them (x's channel stride is 1, its pixel stride is given to the micro-kernel).
   bool direct_input = false;
