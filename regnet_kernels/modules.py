@@ -355,10 +355,11 @@ class FusedYBlock(FusedXBlock):
 
     def _excite(self, sums: Tensor, y: Tensor) -> Tensor:
         """K3: the gate from K2's sums of y."""
-        return se_excite(sums, y.shape[2] * y.shape[3], self.se_w1, self.se_b1, self.se_w2, self.se_b2)
+        return se_excite(sums, y.shape[2] * y.shape[3], *self._se_params())
 
     def _se_params(self):
-        return self.se_w1, self.se_b1, self.se_w2, self.se_b2
+        buffers = self._buffers  # not nn.Module.__getattr__: this runs in every Y block's plan call
+        return buffers["se_w1"], buffers["se_b1"], buffers["se_w2"], buffers["se_b2"]
 
     def _se_gate(self, y: Tensor) -> Tensor:
         """se_gate(y) without residual or ReLU (the gate-in-SE schedule), resolved per signature."""
@@ -431,10 +432,10 @@ class FusedYBlock(FusedXBlock):
             kse, kc = _stashed(self, "last_se_run"), _stashed(c, "last_run")
             if kse is None or kc is None:
                 return None
-            se, k4, schedule = self._buffers, _bound(c, kc), self._schedule_gate_in_se
+            params, k4, schedule = self._se_params, _bound(c, kc), self._schedule_gate_in_se
 
             def se_gate(y):
-                return kse(y, se["se_w1"], se["se_b1"], se["se_w2"], se["se_b2"], None, False, None)
+                return kse(y, *params(), None, False, None)
             return lambda x: schedule(x, shortcut, k1, k2, se_gate, k4)
         kg = _stashed(c, "last_gated")
         if kg is None:
