@@ -52,6 +52,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("cpu_pool_enter", &regnet_kernels::cpu_pool_enter,
         "Install the CPU memory pool as the CPU allocator (regnet_kernels/memory.py)");
   m.def("cpu_pool_exit", &regnet_kernels::cpu_pool_exit, "Leave a cpu_pool_enter scope");
+  m.def("cpu_pool_bypass_enter", &regnet_kernels::cpu_pool_bypass_enter,
+        "This thread's allocations bypass the pool until cpu_pool_bypass_exit");
+  m.def("cpu_pool_bypass_exit", &regnet_kernels::cpu_pool_bypass_exit, "Leave a cpu_pool_bypass_enter scope");
   m.def("cpu_pool_release_cached", &regnet_kernels::cpu_pool_release_cached, "Free the pool's cached blocks");
   m.def("cpu_pool_stats", &regnet_kernels::cpu_pool_stats, "The pool's byte counters");
   m.def("cpu_packed_weight_stats", &regnet_kernels::cpu::packed_weight_stats,

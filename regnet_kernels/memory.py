@@ -19,7 +19,7 @@ from typing import Dict
 
 from . import _ext
 
-__all__ = ["pooled_cpu_memory", "release_cached_memory", "pool_stats", "pool_summary", "POOL_ENABLED"]
+__all__ = ["pooled_cpu_memory", "unpooled", "release_cached_memory", "pool_stats", "pool_summary", "POOL_ENABLED"]
 
 POOL_ENABLED = os.environ.get("REGNET_KERNELS_CPU_POOL", "1") != "0"
 
@@ -43,6 +43,24 @@ class pooled_cpu_memory:
         if self._entered:
             self._entered = False
             _ext.load().cpu_pool_exit()
+
+
+class unpooled:
+    """Context manager: this thread's allocations inside bypass the pool, for data that outlives
+    the forward it is made in (derived weights): counted as in use, it left the activations less
+    room under the pool's reserve bound until every forward missed. Nests; a no-op without the
+    extension."""
+
+    __slots__ = ("_ext",)
+
+    def __enter__(self) -> None:
+        self._ext = _ext.load()
+        if self._ext is not None:
+            self._ext.cpu_pool_bypass_enter()
+
+    def __exit__(self, *exc) -> None:
+        if self._ext is not None:
+            self._ext.cpu_pool_bypass_exit()
 
 
 def release_cached_memory() -> None:

@@ -19,6 +19,7 @@
 #include "common.h"
 #include "cpu/kernel_args.h"
 #include "cpu/ops_cpu.h"
+#include "cpu/pool_allocator.h"
 #include "cpu/parallel.h"
 
 namespace regnet_kernels {
@@ -153,7 +154,10 @@ class PackedWeightCache {
       }
     }
     prune_locked();  // on every miss (rare, and dearer than the scan): dead weights' copies go
-    probe.set_packed(pack_weights(weight, bias, groups, nv, co_blocks, lanes));
+    {
+      CpuPoolBypass long_lived;  // the copy lives as long as the weight, not the forward
+      probe.set_packed(pack_weights(weight, bias, groups, nv, co_blocks, lanes));
+    }
     entries_[probe.w.data].push_back(probe);  // (the prune may have dropped `bucket`)
     ++size_;
     return {probe.w_packed, probe.b_packed};

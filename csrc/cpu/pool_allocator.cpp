@@ -31,6 +31,12 @@ namespace {
 constexpr size_t kMinBytes = 256 * 1024;
 constexpr size_t kReserveFactor = 2;
 
+// Allocations made on this thread inside a CpuPoolBypass scope go straight to c10::alloc_cpu,
+// untracked: derived weights (packed copies, oneDNN layouts) made during a forward live as long
+// as their weights, and counted as in use they shrank the room the reserve bound leaves for the
+// activations until every forward missed (NOTES.md, Step 11).
+thread_local int bypass_depth = 0;
+
 // Every block comes from c10::alloc_cpu and is reported like c10's default CPU allocator does, so
 // the two free each other's blocks correctly: oneDNN (ideep) frees its buffers through whichever
 // allocator is installed when it frees them (raw_deallocate), which may not be the one that gave
@@ -39,7 +45,7 @@ class PoolAllocator final : public c10::Allocator {
  public:
   c10::DataPtr allocate(size_t nbytes) override {
     void* data = nullptr;
-    if (nbytes >= kMinBytes) {
+    if (nbytes >= kMinBytes && bypass_depth == 0) {
       std::lock_guard<std::mutex> lock(mu_);
       auto it = free_.find(nbytes);
       if (it != free_.end() && !it->second.empty()) {
@@ -220,6 +226,14 @@ class PoolAllocator final : public c10::Allocator {
 };
 
 }  // namespace
+
+CpuPoolBypass::CpuPoolBypass() { ++bypass_depth; }
+CpuPoolBypass::~CpuPoolBypass() { --bypass_depth; }
+void cpu_pool_bypass_enter() { ++bypass_depth; }
+void cpu_pool_bypass_exit() {
+  TORCH_CHECK(bypass_depth > 0, "cpu memory pool: bypass exit without enter");
+  --bypass_depth;
+}
 
 bool cpu_pool_enter() { return PoolAllocator::get().enter(); }
 void cpu_pool_exit() { PoolAllocator::get().exit(); }

@@ -11,6 +11,17 @@ namespace regnet_kernels {
 // threads; the last exit restores the allocator it replaced). False if another allocator of
 // higher priority holds the slot: nothing is installed and exit must not be called.
 bool cpu_pool_enter();
+// While one is alive, this thread's allocations bypass the pool (long-lived derived weights made
+// during a forward); cpu_pool_bypass_enter/exit are the same for Python (memory.unpooled()).
+class CpuPoolBypass {
+ public:
+  CpuPoolBypass();
+  ~CpuPoolBypass();
+  CpuPoolBypass(const CpuPoolBypass&) = delete;
+  CpuPoolBypass& operator=(const CpuPoolBypass&) = delete;
+};
+void cpu_pool_bypass_enter();
+void cpu_pool_bypass_exit();
 void cpu_pool_exit();
 // Free the cached blocks (those in use stay theirs until their tensors go).
 void cpu_pool_release_cached();

@@ -14,6 +14,7 @@ from typing import List
 import torch
 
 from .. import dispatch
+from ..memory import unpooled
 from ..ops.checks import SUPPORTED_KERNEL_SIZES, SUPPORTED_STRIDES, fc_matrix
 from ..trials import Trials
 from .native import EXT, native_call
@@ -127,7 +128,7 @@ class DerivedWeights:
         if derived is None:
             if len(hit[2]) >= self.per_weight:
                 hit[2].clear()
-            with torch.no_grad():
+            with torch.no_grad(), unpooled():  # lives as long as the weight, not the forward
                 derived = hit[2][key] = make(weight.detach())
         return derived
 
