@@ -191,13 +191,18 @@ class FusedConv(nn.Module):
         _stash(self, "last_run", settled)
         return out
 
-    def _bind(self, x, residual, relu, channel_sums, backend):
+    def _bind(self, x, residual, relu, channel_sums, backend, into_residual=False):
         """Check the arguments, pick the backend, and bind its implementation for this input
         signature: [run(x, weight, bias, residual)], or one per route where the backend offers
-        several (its `routes` extra; timed on the first calls). Backends without a `bind` extra get
-        their plain implementation wrapped."""
+        several (its `routes` extra, or its `into_residual` extra for into_residual(); timed on the
+        first calls). Backends without a `bind` extra get their plain implementation wrapped."""
         w, b, stride, groups = self.weight, self.bias, self.stride, self.groups
         padding, name, run = conv_op.resolve(x, w, b, stride, None, groups, residual, relu, channel_sums, backend)
+        if into_residual:
+            into = dispatch.extra("conv_bn_act", name, "into_residual")
+            runs = into(x, w, b, stride, padding, groups, residual, relu) if into is not None else []
+            if runs:
+                return runs
         args = (x, w, b, stride, padding, groups, residual, relu, channel_sums)
         routes = dispatch.extra("conv_bn_act", name, "routes")
         binders = routes(*args) if routes is not None and not torch.compiler.is_compiling() else ()
@@ -214,15 +219,8 @@ class FusedConv(nn.Module):
         new tensor. The backend's routes for this (its `into_residual` extra) are timed as in
         forward()."""
         key = signature(x, residual, self.weight, flags=("into_residual", backend))
-        return self._run(key, self.resolved.get(key, lambda: self._bind_into_residual(x, residual, backend)), x,
-                         residual)
-
-    def _bind_into_residual(self, x, residual, backend):
-        w, b, stride, groups = self.weight, self.bias, self.stride, self.groups
-        padding, name, run = conv_op.resolve(x, w, b, stride, None, groups, residual, True, False, backend)
-        into = dispatch.extra("conv_bn_act", name, "into_residual")
-        runs = into(x, w, b, stride, padding, groups, residual, True) if into is not None else []
-        return runs or self._bind(x, residual, True, False, backend)
+        runs = self.resolved.get(key, lambda: self._bind(x, residual, True, False, backend, into_residual=True))
+        return self._run(key, runs, x, residual)
 
     def gated(self, x: Tensor, gate: Tensor, residual: Optional[Tensor], backend: Optional[str] = None) -> Tensor:
         """K4: this 1x1 conv of x * gate[n, c], + bias + residual, ReLU."""
