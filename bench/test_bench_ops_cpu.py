@@ -10,6 +10,9 @@ Rows (2 threads, channels_last, RegNetY-400MF and RegNetX-400MF stage shapes, ba
   (oneDNN conv with fused bias + ReLU, what inductor with freezing calls);
 - se_gate with residual + ReLU: `cpu` vs `eager_sequence` (pool, two 1x1 convs, ReLU, sigmoid,
   mul, add, ReLU);
+- a block's K1 (1x1 + bias + ReLU) then K2 (the grouped 3x3 above): `cpu_one_op`
+  (conv1x1_conv_bn_act, K1's output never stored), `cpu_two_ops` (conv_bn_act twice, each on
+  its timed route), `eager_unfused` (conv -> BN -> ReLU twice);
 - GPU rows (cuda, triton, cudnn_convolution_relu): present, skipped with the reason without a GPU.
 `python3 bench/test_bench_ops_cpu.py` prints the ratios per shape as a markdown table (for NOTES.md).
 """
@@ -38,6 +41,11 @@ STAGES = [
 BATCHES = (1, 16)
 # The SE blocks of RegNetY-400MF: (channels, map size, SE width = round(0.25 * block input width)).
 SE_STAGES = [(48, 56, 8), (104, 28, 12), (208, 14, 26), (440, 7, 52)]
+
+# Input width of each stage's first block (the previous stage's width; the stem's 32 for stage 1):
+# K1 of a stride-2 block maps it to the stage's width, K1 of a later block keeps the width.
+PREV_WIDTH = {("Y400", 1): 32, ("Y400", 2): 48, ("Y400", 3): 104, ("Y400", 4): 208,
+              ("X400", 1): 32, ("X400", 2): 32, ("X400", 3): 64, ("X400", 4): 160}
 
 HAVE_EXT = native.EXT is not None
 NO_GPU = "no CUDA GPU on this machine" if not torch.cuda.is_available() else None
@@ -99,6 +107,26 @@ def se_rows(n, c, hw, c_se):
     return rows
 
 
+def front_rows(model, stage, n, c, hw, stride, gw):
+    """name -> zero-argument callable, all computing K2(K1(x)) of one block with BN."""
+    c_in = PREV_WIDTH[(model, stage)] if stride == 2 else c
+    x = torch.randn(n, c_in, hw, hw).to(memory_format=torch.channels_last)
+    w1 = torch.randn(c, c_in, 1, 1) / c_in ** 0.5
+    _, w2, bn2, w2f, b2f = conv_inputs(n, c, hw, stride, gw)
+    bn1 = torch.nn.BatchNorm2d(c).eval()
+    w1f, b1f = rk.fold_bn_params(w1, None, bn1.weight, bn1.bias, bn1.running_mean, bn1.running_var, bn1.eps,
+                                 dtype=torch.float32)
+    groups = c // gw
+    rows = {"eager_unfused": lambda: torch.relu(bn2(F.conv2d(torch.relu(bn1(F.conv2d(x, w1))), w2, None, stride, 1, 1,
+                                                             groups)))}
+    if HAVE_EXT:
+        rows["cpu_one_op"] = lambda: rk.conv1x1_conv_bn_act(x, w1f, b1f, w2f, b2f, stride=stride, groups=groups,
+                                                            backend="cpu")
+        rows["cpu_two_ops"] = lambda: rk.conv_bn_act(rk.conv_bn_act(x, w1f, b1f, backend="cpu"), w2f, b2f,
+                                                     stride=stride, groups=groups, backend="cpu")
+    return rows
+
+
 def _conv_id(s):
     return f"{s[0]}s{s[1]}_c{s[2]}_{s[3]}px_s{s[4]}_g{s[5]}"
 
@@ -122,6 +150,16 @@ def test_grouped_conv(benchmark, shape, impl):
 def test_se_gate(benchmark, shape, impl):
     n, (c, hw, c_se) = shape
     rows = se_rows(n, c, hw, c_se)
+    if impl not in rows:
+        pytest.skip("regnet_kernels._C is not built")
+    benchmark(rows[impl])
+
+
+@pytest.mark.parametrize("impl", ("cpu_one_op", "cpu_two_ops", "eager_unfused"))
+@pytest.mark.parametrize("shape", CONV_PARAMS, ids=[f"n{n}_{_conv_id(s)}" for n, s in CONV_PARAMS])
+def test_block_front(benchmark, shape, impl):
+    n, (model, stage, c, hw, stride, gw) = shape
+    rows = front_rows(model, stage, n, c, hw, stride, gw)
     if impl not in rows:
         pytest.skip("regnet_kernels._C is not built")
     benchmark(rows[impl])
@@ -190,6 +228,16 @@ def main():
             ms = best_ms(se_rows(n, c, hw, c_se))
             print(f"| c{c}_{hw}px_se{c_se} | {n} | {ms['cpu']:.3f} | {ms['eager_sequence']:.3f} | "
                   f"{ms['eager_sequence'] / ms['cpu']:.2f}x |")
+            sys.stdout.flush()
+    print("\n| K1 -> K2 of the block with this K2 | batch | cpu one op | cpu two ops | eager unfused | two ops/one op | "
+          "unfused/one op |")
+    print("|---|---|---|---|---|---|---|")
+    for s in STAGES:
+        for n in BATCHES:
+            ms = best_ms(front_rows(s[0], s[1], n, *s[2:]))
+            print(f"| {_conv_id(s)} | {n} | {ms['cpu_one_op']:.3f} | {ms['cpu_two_ops']:.3f} | "
+                  f"{ms['eager_unfused']:.3f} | {ms['cpu_two_ops'] / ms['cpu_one_op']:.2f}x | "
+                  f"{ms['eager_unfused'] / ms['cpu_one_op']:.2f}x |")
             sys.stdout.flush()
 
 

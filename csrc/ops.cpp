@@ -19,6 +19,12 @@ TORCH_LIBRARY(regnet_kernels, m) {
   // K2: conv + bias [+ ReLU] that also returns the fp32 per-(n, c) sums of its output.
   m.def("conv_bn_act_sums(Tensor x, Tensor weight, Tensor? bias, int stride, int padding, int groups, "
         "bool relu) -> (Tensor, Tensor)");
+  // K1 fused into K2: conv(relu(conv1x1(x, w1) + b1), w2) + b2 [+ ReLU], K1's output never stored;
+  // see regnet_kernels/ops/conv1x1_conv_bn_act.py.
+  m.def("conv1x1_conv_bn_act(Tensor x, Tensor w1, Tensor? b1, Tensor w2, Tensor? b2, int stride, int padding, "
+        "int groups, bool relu) -> Tensor");
+  m.def("conv1x1_conv_bn_act_sums(Tensor x, Tensor w1, Tensor? b1, Tensor w2, Tensor? b2, int stride, "
+        "int padding, int groups, bool relu) -> (Tensor, Tensor)");
   // Squeeze-excitation gate x * sigmoid(W2 relu(W1 mean(x) + b1) + b2) [+ residual] [+ ReLU];
   // `sums` (fp32 [N, C]) replaces the mean's pass over x when given.
   m.def("se_gate(Tensor x, Tensor w1, Tensor b1, Tensor w2, Tensor b2, Tensor? residual, bool relu, "

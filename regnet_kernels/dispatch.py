@@ -28,6 +28,9 @@ backend has them (``extra(op, backend, name)``), so modules never name a backend
                        these arguments depends on the machine: a fused conv times them on its
                        first calls and keeps the fastest (empty: bind, or run); the cpu
                        backend's own run does the same per argument signature
+    conv1x1_conv_bn_act  bind(*args of run) -> run(x, w1, b1, w2, b2): as conv_bn_act's; a fused
+                   block offers the op (K1 and K2 in one) only on backends that have it, and
+                   times it against its two convs
     gated_conv1x1  separate_gate_pass(x, weight, residual) -> bool: whether the gating costs a
                        pass of its own on these arguments (then the SE op should gate instead)
                    measure_gate_in_se(x, weight, residual) -> bool: whether gating in the SE op
@@ -58,7 +61,8 @@ class BackendUnavailable(RuntimeError):
     """A forced backend cannot run the given arguments; the message lists why."""
 
 
-EXTRAS = {"conv_bn_act": ("bind", "into_residual", "routes"), "gated_conv1x1": ("separate_gate_pass", "measure_gate_in_se")}
+EXTRAS = {"conv_bn_act": ("bind", "into_residual", "routes"), "conv1x1_conv_bn_act": ("bind",),
+          "gated_conv1x1": ("separate_gate_pass", "measure_gate_in_se")}
 
 
 @dataclass

@@ -5,7 +5,9 @@ Schedule (../shared/DESIGN.md section 1), each line one op of regnet_kernels:
     K2  b, sums = conv_bn_act(a, 3x3 grouped, stride s) + ReLU, with per-(n, c) sums (Y only)
     K3  gate = se_excite(sums)                                  (Y only, on [N, C])
     K4  y = gated_conv1x1(b, gate) + bias + shortcut + ReLU    (X: conv_bn_act 1x1 + residual)
-The projection shortcut (1x1 stride s) is one more conv_bn_act whose output K4 adds.
+The projection shortcut (1x1 stride s) is one more conv_bn_act whose output K4 adds. Where the
+backend has it (cpu), K1 and K2 may run as one op, conv1x1_conv_bn_act, which computes K1's
+rows where K2 reads them and never stores K1's output; blocks time it against the two ops.
 
 On the cpu backend with fp32/bf16 channels-last activations the convs run as oneDNN convs with
 prepacked weights and fused bias/ReLU/residual (a measured choice, backends/cpu.py), K2's sums
@@ -28,6 +30,7 @@ from torch.nn.modules import module as nn_module
 
 from . import dispatch
 from .dispatch import signature
+from .ops import conv1x1_conv_bn_act as pair_op
 from .ops import conv_bn_act as conv_op
 from .ops import gated_conv1x1 as gated_op
 from .ops import se_gate as se_gate_op
@@ -148,8 +151,9 @@ class _ResolvedOps:
 # Calls of one input signature after which every timed choice of a fused model is made and its
 # blocks run their plans: a Y block's first call, its two schedules (1 + TRIALS runs each); the
 # convs of the schedule it keeps have had half their route trials by then (2 * (1 + TRIALS) runs
-# in all); the plan is made on the call after and used from the next.
-SETTLE_CALLS = 1 + 2 * (1 + Trials.TRIALS) + (1 + Trials.TRIALS) + 1
+# in all); then K1 and K2 as two ops or one (1 + TRIALS runs each); the plan is made on the call
+# after and used from the next.
+SETTLE_CALLS = 1 + 2 * (1 + Trials.TRIALS) + (1 + Trials.TRIALS) + 2 * (1 + Trials.TRIALS) + 1
 
 
 class FusedConv(nn.Module):
@@ -266,9 +270,59 @@ class FusedXBlock(_Planned):
         self.c = FusedConv(f.c, f.c_bn, dtype)
         self.proj = FusedConv(block.proj, block.bn, dtype) if block.proj is not None else None
         self.backend = backend
+        self.front_resolved = _ResolvedOps()  # input signature -> [bound conv1x1_conv_bn_act] or []
+        self.front_trials = Trials()  # options: 0 K1 and K2 as two ops, 1 as one
 
     def shortcut(self, x: Tensor) -> Tensor:
         return x if self.proj is None else self.proj(x, relu=False, backend=self.backend)
+
+    def front(self, x: Tensor, channel_sums: bool = False):
+        """K1 then K2 (with K2's channel sums if asked): as two ops, or as one where the backend
+        has conv1x1_conv_bn_act. Which is faster depends on the shape and the machine (an AMD
+        EPYC: the one op 1.0-1.4x faster at RegNetX-400MF, 0.9x at some RegNetY-400MF shapes at
+        batch 16 where oneDNN runs K2; bench/NOTES.md, Step 12), so the block times them, once
+        the two convs have settled their own routes (their trials would blur the comparison)."""
+        be = self.backend
+
+        def separate(t):
+            return self.b(self.a(t, backend=be), channel_sums=channel_sums, backend=be)
+        if torch.compiler.is_compiling():
+            return separate(x)
+        _stash(self, "last_front", None)
+        if _has_hooks(self.a) or _has_hooks(self.b):  # hooks on K1's or K2's module see their calls
+            return separate(x)
+        key = signature(x, flags=(channel_sums, be))
+        fused = self.front_resolved.get(key, lambda: self._bind_front(x, channel_sums))
+        trials = self.front_trials
+        if not fused or (key not in trials.chosen and key not in trials.samples):
+            out = separate(x)
+            settled = _stashed(self.a, "last_run") is not None and _stashed(self.b, "last_run") is not None
+            if not fused:
+                _stash(self, "last_front", "separate" if settled else None)
+            elif settled:
+                trials.begin(key, 2)
+            return out
+        out, settled = trials.run(key, (separate, fused[0]), x)
+        if settled is not None:
+            _stash(self, "last_front", "separate" if settled is separate else settled)
+        return out
+
+    def _bind_front(self, x: Tensor, channel_sums: bool):
+        """[run(x)]: conv1x1_conv_bn_act of K1 and K2 bound for this signature, weights read from
+        the convs on every call; [] where the chosen backend has no bound form of it (then the
+        two ops are all there is)."""
+        a, b = self.a, self.b
+        try:
+            padding, name, _ = pair_op.resolve(x, a.weight, a.bias, b.weight, b.bias, b.stride, None, b.groups, True,
+                                               channel_sums, self.backend)
+        except dispatch.BackendUnavailable:  # a forced backend without the op
+            return []
+        bind = dispatch.extra(pair_op.OP, name, "bind")
+        if bind is None:
+            return []
+        run = bind(x, a.weight, a.bias, b.weight, b.bias, b.stride, padding, b.groups, True, channel_sums)
+        a_buffers, b_buffers = a._buffers, b._buffers
+        return [lambda x: run(x, a_buffers["weight"], a_buffers["bias"], b_buffers["weight"], b_buffers["bias"])]
 
     # Each block writes its op order once, as a static schedule over op callables: _run_ops passes
     # the modules (which check, resolve, time and stash their bound calls), a plan passes those
@@ -277,34 +331,38 @@ class FusedXBlock(_Planned):
     # big freed chunks back to the OS and page-fault them in again on the next forward
     # (regnetx_002 batch 16: 70 vs 57 ms per batch, bench/NOTES.md).
     @staticmethod
-    def _schedule(x, shortcut, k1, k2, k4):
+    def _schedule(x, shortcut, front, k4):
         s = shortcut(x)
-        return k4(k2(k1(x)), s)
+        return k4(front(x), s)
 
     def _run_ops(self, x: Tensor) -> Tensor:
-        be = self.backend
-        return self._schedule(x, self.shortcut, lambda t: self.a(t, backend=be), lambda t: self.b(t, backend=be),
-                              self.k4)
+        return self._schedule(x, self.shortcut, self.front, self.k4)
 
-    def _bound_convs(self, convs):
-        """(shortcut, *runs): the settled bound calls of `convs` from this thread's last call, as
-        run(x[, residual]), with the shortcut (identity or projection), or None if one was not
-        settled."""
-        runs = [_stashed(conv, "last_run") for conv in convs]
+    def _bound_shortcut_front(self):
+        """(shortcut, front): the settled calls of this thread's last call, as run(x), or None if
+        one was not settled."""
+        front = _stashed(self, "last_front")
         kp = _stashed(self.proj, "last_run") if self.proj is not None else None
-        if None in runs or (self.proj is not None and kp is None):
+        if front is None or (self.proj is not None and kp is None):
             return None
+        if isinstance(front, str):  # "separate": K1 and K2 as their own settled calls
+            k1, k2 = _stashed(self.a, "last_run"), _stashed(self.b, "last_run")
+            if k1 is None or k2 is None:
+                return None
+            k1, k2 = _bound(self.a, k1), _bound(self.b, k2)
+            front = lambda x: k2(k1(x))  # noqa: E731
         shortcut = (lambda x: x) if self.proj is None else _bound(self.proj, kp)
-        return (shortcut,) + tuple(_bound(conv, run) for conv, run in zip(convs, runs))
+        return shortcut, front
 
     def _make_plan(self):
-        """The last call as a plan, if each of its convs ran a settled bound call."""
-        bound = self._bound_convs((self.a, self.b, self.c))
-        if bound is None:
+        """The last call as a plan, if each of its ops ran a settled bound call."""
+        bound = self._bound_shortcut_front()
+        kc = _stashed(self.c, "last_run")
+        if bound is None or kc is None:
             return None
-        shortcut, k1, k2, k4 = bound
-        schedule = self._schedule
-        return lambda x: schedule(x, shortcut, k1, k2, k4)
+        shortcut, front = bound
+        k4, schedule = _bound(self.c, kc), self._schedule
+        return lambda x: schedule(x, shortcut, front, k4)
 
     def k4(self, x: Tensor, shortcut: Tensor) -> Tensor:
         """The last 1x1 conv + bias + shortcut + ReLU, into the shortcut's buffer when it is ours."""
@@ -341,14 +399,14 @@ class FusedYBlock(FusedXBlock):
         self.resolved_se = _ResolvedOps()
 
     @staticmethod
-    def _schedule_gate_in_se(x, shortcut, k1, k2, se_gate, k4):
+    def _schedule_gate_in_se(x, shortcut, front, se_gate, k4):
         s = shortcut(x)
-        return k4(se_gate(k2(k1(x))), s)
+        return k4(se_gate(front(x)), s)
 
     @staticmethod
-    def _schedule_gate_on_load(x, shortcut, k1, k2_sums, excite, k4_gated):
+    def _schedule_gate_on_load(x, shortcut, front_sums, excite, k4_gated):
         s = shortcut(x)
-        y, sums = k2_sums(k1(x))
+        y, sums = front_sums(x)
         return k4_gated(y, excite(sums, y), s)
 
     def _excite(self, sums: Tensor, y: Tensor) -> Tensor:
@@ -392,10 +450,8 @@ class FusedYBlock(FusedXBlock):
         in_se, trial = self._schedule_choice(key)
         clock = self.schedule_trials.clock
         start = clock() if trial is not None else 0.0
-        k1 = lambda t: self.a(t, backend=be)  # noqa: E731
         if in_se:
-            y = self._schedule_gate_in_se(x, self.shortcut, k1, lambda t: self.b(t, backend=be), self._se_gate,
-                                          self.k4)
+            y = self._schedule_gate_in_se(x, self.shortcut, self.front, self._se_gate, self.k4)
         else:
             k4_gated = self._k4_gated
             if trial == "first":
@@ -407,7 +463,7 @@ class FusedYBlock(FusedXBlock):
                     else:
                         self.gate_in_se[key] = separate
                     return self._k4_gated(y, gate, shortcut)
-            y = self._schedule_gate_on_load(x, self.shortcut, k1, lambda t: self.b(t, channel_sums=True, backend=be),
+            y = self._schedule_gate_on_load(x, self.shortcut, lambda t: self.front(t, channel_sums=True),
                                             self._excite, k4_gated)
         if trial is None:
             if key is not None:
@@ -421,10 +477,10 @@ class FusedYBlock(FusedXBlock):
     def _make_plan(self):
         """The last call as a plan, if its schedule and each op's choice were settled."""
         in_se = _stashed(self, "last_schedule")
-        bound = self._bound_convs((self.a, self.b))
+        bound = self._bound_shortcut_front()
         if in_se is None or bound is None:
             return None
-        shortcut, k1, k2 = bound
+        shortcut, front = bound
         c = self.c
         if in_se:
             kse, kc = _stashed(self, "last_se_run"), _stashed(c, "last_run")
@@ -434,7 +490,7 @@ class FusedYBlock(FusedXBlock):
 
             def se_gate(y):
                 return kse(y, *params(), None, False, None)
-            return lambda x: schedule(x, shortcut, k1, k2, se_gate, k4)
+            return lambda x: schedule(x, shortcut, front, se_gate, k4)
         kg = _stashed(c, "last_gated")
         if kg is None:
             return None
@@ -442,7 +498,7 @@ class FusedYBlock(FusedXBlock):
 
         def k4_gated(y, gate, shortcut):
             return kg(y, gate, fc_matrix(c_buffers["weight"]), c_buffers["bias"], shortcut, True)
-        return lambda x: schedule(x, shortcut, k1, k2, excite, k4_gated)
+        return lambda x: schedule(x, shortcut, front, excite, k4_gated)
 
 
 class FusedStem(_InferenceModule):

@@ -212,6 +212,69 @@ def test_conv_low_precision(case, dtype, native_route):
 SE_SHAPES = ((1, 48, 7, 7), (2, 104, 13, 13), (2, 13, 8, 8), (1, 440, 1, 1), (3, 208, 15, 15), (2, 232, 7, 9), (4, 440, 3, 5))
 
 
+# K1 fused into K2 (conv1x1_conv_bn_act): (n, c_in, c_mid, h, w, k of the second conv, its stride,
+# its group width). Zoo group widths; odd, one-pixel and one-row maps; batch 1 (7-row maps at
+# batch 1 split each row's channels between threads, so each thread computes only its chunk's
+# channels of K1) and > 1; a C_in that is not a multiple of the vector width; a second 1x1.
+PAIR_CASES = [(1, 32, 32, 15, 15, 3, 2, 16), (2, 24, 48, 13, 13, 3, 1, 24), (1, 64, 64, 7, 7, 3, 1, 16),
+              (1, 208, 208, 7, 7, 3, 1, 8), (1, 13, 40, 8, 8, 3, 2, 8), (3, 48, 112, 5, 6, 3, 2, 56),
+              (1, 64, 128, 1, 1, 3, 1, 64), (2, 96, 464, 7, 7, 3, 1, 232), (1, 32, 464, 7, 7, 3, 2, 232),
+              (1, 112, 112, 15, 15, 3, 2, 112), (2, 40, 24, 9, 9, 1, 2, 24), (5, 16, 16, 2, 3, 3, 1, 8)]
+
+
+def pair_inputs(case, dtype, channels_last=True, noncontig=False):
+    n, c_in, c_mid, h, w, k, stride, gw = case
+    x = random_tensor((n, c_in, h, w), dtype, channels_last, noncontig, GEN)
+    w1 = randn(c_mid, c_in, 1, 1, dtype=dtype) * c_in ** -0.5
+    w2 = randn(c_mid, gw if k == 3 else c_mid, k, k, dtype=dtype) * (gw * k * k) ** -0.5
+    groups = c_mid // gw if k == 3 else 1
+    return (x, w1, randn(c_mid, dtype=dtype), w2, randn(c_mid, dtype=dtype)), dict(stride=stride, groups=groups)
+
+
+# (layout, dtype): fp32 in both served layouts, low precision channels-last (the same code).
+PAIR_VARIANTS = [(SERVED_LAYOUTS[0], torch.float32), (SERVED_LAYOUTS[1], torch.float32),
+                 (SERVED_LAYOUTS[0], torch.bfloat16), (SERVED_LAYOUTS[0], torch.float16)]
+
+
+@pytest.mark.parametrize("layout,dtype", PAIR_VARIANTS, ids=("fp32", "fp32_strided", "bf16", "fp16"))
+@pytest.mark.parametrize("case", PAIR_CASES, ids=str)
+def test_conv1x1_conv_pair(case, layout, dtype):
+    """K1's rows computed where K2 reads them, with and without K2's ReLU and channel sums, vs
+    float64 (the two convs of the eager reference); bf16/fp16 no worse than 2x eager's own error
+    (eager rounds K1's output to that dtype, the kernel keeps it in fp32)."""
+    args, kw = pair_inputs(case, dtype, *layout)
+    i = PAIR_CASES.index(case)
+    kw.update(relu=i % 3 != 2, channel_sums=i % 2 == 0)
+    check_against_reference(rk.conv1x1_conv_bn_act, args, kw, dtype, f"{case} {kw}")
+
+
+@pytest.mark.parametrize("threads,case", [(3, (1, 32, 96, 5, 5, 3, 1, 48)), (3, (2, 32, 96, 5, 7, 3, 1, 48)),
+                                          (4, (1, 24, 192, 7, 7, 3, 1, 64))], ids=str)
+def test_conv1x1_conv_pair_chunks_split_between_threads(threads, case):
+    """Rows split into channel chunks that a thread's run of work items crosses, each chunk
+    computing only its own channels of K1: a 5-row map with 2 groups of 48 (one block each, and
+    one of K1's blocks each) on 3 threads makes 10 items, 4 a thread, so the second thread
+    computes K1's row 3 for chunk 0, then needs it for chunk 1, whose channels it lacks (the row
+    slots are tagged with the chunk; without that the first case fails)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        args, kw = pair_inputs(case, torch.float32)
+        check_against_reference(rk.conv1x1_conv_bn_act, args, kw, torch.float32, f"{case} on {threads} threads")
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_conv1x1_conv_pair_refuses_nchw():
+    args, kw = pair_inputs(PAIR_CASES[0], torch.float32, channels_last=False)
+    full = dict(x=args[0], w1=args[1], b1=args[2], w2=args[3], b2=args[4], padding=1, relu=True,
+                channel_sums=False, **kw)
+    assert any("channels-last" in r for r in dict(dispatch.explain("conv1x1_conv_bn_act", **full))["cpu"])
+    assert dispatch.select("conv1x1_conv_bn_act", "auto", **full)[0] == "eager"
+    with pytest.raises(dispatch.BackendUnavailable, match="channels-last"):
+        rk.conv1x1_conv_bn_act(*args, backend="cpu", **kw)
+
+
 def se_inputs(shape, dtype, channels_last=True, noncontig=False, from_sums=False, residual=False):
     n, c = shape[:2]
     c_se = max(1, c // 4)
@@ -345,6 +408,24 @@ BAD_RAW_CALLS = {
                                          randn(1, 7)),
     "se sums dtype": lambda: OPS.se_gate(_cl(1, 8, 4, 4), randn(2, 8), randn(2), randn(8, 2), randn(8), None, False,
                                          randn(1, 8, dtype=torch.bfloat16)),
+    "pair w1 3x3": lambda: OPS.conv1x1_conv_bn_act(_cl(1, 8, 5, 5), randn(8, 8, 3, 3), None, randn(8, 4, 3, 3), None,
+                                                   1, 1, 2, True),
+    "pair w1 channels": lambda: OPS.conv1x1_conv_bn_act(_cl(1, 8, 5, 5), randn(8, 7, 1, 1), None, randn(8, 4, 3, 3),
+                                                        None, 1, 1, 2, True),
+    "pair w2 channels": lambda: OPS.conv1x1_conv_bn_act(_cl(1, 8, 5, 5), randn(16, 8, 1, 1), None, randn(8, 4, 3, 3),
+                                                        None, 1, 1, 2, True),
+    "pair groups": lambda: OPS.conv1x1_conv_bn_act_sums(_cl(1, 8, 5, 5), randn(12, 8, 1, 1), None,
+                                                        randn(12, 3, 3, 3), None, 1, 1, 5, True),
+    "pair b1 shape": lambda: OPS.conv1x1_conv_bn_act(_cl(1, 8, 5, 5), randn(8, 8, 1, 1), randn(7), randn(8, 4, 3, 3),
+                                                     None, 1, 1, 2, True),
+    "pair w2 dtype": lambda: OPS.conv1x1_conv_bn_act(_cl(1, 8, 5, 5), randn(8, 8, 1, 1), None,
+                                                     randn(8, 4, 3, 3, dtype=torch.bfloat16), None, 1, 1, 2, True),
+    "pair stride 3": lambda: OPS.conv1x1_conv_bn_act(_cl(1, 8, 5, 5), randn(8, 8, 1, 1), None, randn(8, 4, 3, 3),
+                                                     None, 3, 1, 2, True),
+    "pair padding": lambda: OPS.conv1x1_conv_bn_act(_cl(1, 8, 5, 5), randn(8, 8, 1, 1), None, randn(8, 4, 3, 3),
+                                                    None, 1, 0, 2, True),
+    "pair x NCHW": lambda: OPS.conv1x1_conv_bn_act(randn(1, 8, 5, 5), randn(8, 8, 1, 1), None, randn(8, 4, 3, 3),
+                                                   None, 1, 1, 2, True),
     "gated gate shape": lambda: OPS.gated_conv1x1(_cl(1, 8, 4, 4), randn(1, 7), randn(4, 8), None, None, True),
     "gated weight shape": lambda: OPS.gated_conv1x1(_cl(1, 8, 4, 4), randn(1, 8), randn(4, 7), None, None, True),
 }
@@ -364,6 +445,8 @@ def test_opcheck():
         "conv_bn_act_sums": (x, w, b, 1, 1, 2, True),
         "se_gate": (x, randn(4, 16), randn(4), randn(16, 4), randn(16), _cl(2, 16, 5, 6), True, None),
         "gated_conv1x1": (x, torch.rand(2, 16), randn(24, 16), b[:8].repeat(3), None, False),
+        "conv1x1_conv_bn_act": (x, randn(24, 16, 1, 1), randn(24), randn(24, 8, 3, 3), randn(24), 2, 1, 3, True),
+        "conv1x1_conv_bn_act_sums": (x, randn(24, 16, 1, 1), None, randn(24, 8, 3, 3), randn(24), 1, 1, 3, False),
     }
     for name, args in samples.items():
         torch.library.opcheck(getattr(OPS, name), args)

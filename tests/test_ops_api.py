@@ -78,6 +78,39 @@ def test_gated_conv1x1_bad_input(mutate, match):
         rk.gated_conv1x1(args.pop("x"), args.pop("gate"), args.pop("weight"), args.pop("bias"), **args)
 
 
+def _pair_args():
+    x = random_tensor((2, 12, 7, 7))
+    return dict(x=x, w1=torch.randn(16, 12, 1, 1), b1=torch.randn(16), w2=torch.randn(16, 8, 3, 3),
+                b2=torch.randn(16), stride=1, groups=2)
+
+
+@pytest.mark.parametrize("mutate,match", [
+    (lambda a: {**a, "x": a["x"][0]}, "x: expected a 4-D"),
+    (lambda a: {**a, "w1": torch.randn(16, 12, 3, 3)}, "w1: expected a 1x1 kernel"),
+    (lambda a: {**a, "w1": torch.randn(16, 11, 1, 1)}, "w1: expected shape"),
+    (lambda a: {**a, "b1": torch.randn(15)}, "b1: expected shape"),
+    (lambda a: {**a, "w2": torch.randn(16, 4, 3, 3)}, "w2: expected shape .* for w1's output with 16 channels"),
+    (lambda a: {**a, "w2": torch.randn(16, 8, 3, 3, dtype=torch.float64)}, "w2: expected dtype"),
+    (lambda a: {**a, "b2": torch.randn(8)}, "b2: expected shape"),
+    (lambda a: {**a, "groups": 3}, "groups: expected a divisor of the 16 input channels of w1's output"),
+    (lambda a: {**a, "stride": 3}, "stride: expected one of"),
+])
+def test_conv1x1_conv_bn_act_bad_input(mutate, match):
+    args = mutate(_pair_args())
+    with pytest.raises(ValueError, match=match):
+        rk.conv1x1_conv_bn_act(args.pop("x"), args.pop("w1"), args.pop("b1"), args.pop("w2"), args.pop("b2"), **args)
+
+
+def test_conv1x1_conv_bn_act_eager_is_the_two_convs():
+    """The pair's reference is conv_bn_act's twice (K1 with ReLU), in float64."""
+    a = {k: v.double() if isinstance(v, torch.Tensor) else v for k, v in _pair_args().items()}
+    y, sums = rk.conv1x1_conv_bn_act(a["x"], a["w1"], a["b1"], a["w2"], a["b2"], stride=2, groups=2,
+                                     channel_sums=True, backend="eager")
+    mid = torch.relu(torch.nn.functional.conv2d(a["x"], a["w1"], a["b1"]))
+    ref = torch.relu(torch.nn.functional.conv2d(mid, a["w2"], a["b2"], 2, 1, 1, 2))
+    assert torch.allclose(y, ref, rtol=1e-12, atol=1e-12) and torch.allclose(sums, ref.sum((2, 3)))
+
+
 def test_non_tensor_argument_is_a_type_error():
     with pytest.raises(TypeError, match="x: expected a torch.Tensor"):
         rk.conv_bn_act([[1.0]], torch.randn(1, 1, 1, 1))
@@ -136,6 +169,9 @@ def _sample_args(op):
     if op == "conv_bn_act":
         return dict(x=x, weight=torch.randn(16, 8, 3, 3), bias=torch.randn(16), stride=1, padding=1, groups=2,
                     residual=None, relu=True, channel_sums=False)
+    if op == "conv1x1_conv_bn_act":
+        return dict(x=x, w1=torch.randn(16, 16, 1, 1), b1=torch.randn(16), w2=torch.randn(16, 8, 3, 3),
+                    b2=torch.randn(16), stride=1, padding=1, groups=2, relu=True, channel_sums=False)
     if op == "se_gate":
         return dict(x=x, w1=torch.randn(4, 16), b1=torch.randn(4), w2=torch.randn(16, 4), b2=torch.randn(16),
                     residual=None, relu=True, sums=None)
@@ -143,7 +179,7 @@ def _sample_args(op):
                 relu=True)
 
 
-@pytest.mark.parametrize("op", ["conv_bn_act", "se_gate", "gated_conv1x1"])
+@pytest.mark.parametrize("op", ["conv_bn_act", "conv1x1_conv_bn_act", "se_gate", "gated_conv1x1"])
 def test_auto_device_prefilter_agrees_with_each_backends_own_verdict(op):
     """select() skips backends whose AUTO_DEVICES exclude x's device without asking them: that
     must be exactly what their supports() would say (else auto would miss a backend that can serve)."""

@@ -169,6 +169,50 @@ def test_block_times_k4_into_the_shortcut_and_keeps_the_faster(faster, monkeypat
     assert all(set(conv.route_trials.chosen.values()) == {faster} for conv in (fused.a, fused.b, fused.c, fused.proj))
 
 
+@pytest.mark.parametrize("one_op_faster", (False, True), ids=("two_ops_faster", "one_op_faster"))
+def test_blocks_time_k1_and_k2_as_one_op_and_keep_the_faster(one_op_faster, monkeypatch):
+    """Where the backend has conv1x1_conv_bn_act, a block (X and Y) times K1 and K2 as two ops
+    against one, once the two convs have settled their routes (a fake clock: each conv route
+    costs 1 or 10, the one op 0.5 or 100), keeps the faster, and plans with it: settled calls
+    run the one op exactly when it was kept. Outputs match the float64 block on every call."""
+    from regnet_kernels import dispatch
+    from regnet_kernels.backends import cpu as cpu_backend
+
+    clock, runs = fake_timed_routes(monkeypatch, cpu_backend, 1)
+    now = []
+    pair_bind = cpu_backend.pair_bind
+
+    def timed_pair_bind(*args):
+        run = pair_bind(*args)
+
+        def timed_run(*call_args):
+            runs.append("pair")
+            now.append(0.5 if one_op_faster else 100.0)
+            return run(*call_args)
+        return timed_run
+    monkeypatch.setitem(dispatch._REGISTRY["conv1x1_conv_bn_act"]["cpu"].extras, "bind", timed_pair_bind)
+    fake_now = lambda: clock() + sum(now)  # noqa: E731
+    for name, cls in (("regnetx_002", FusedXBlock), ("regnety_002", FusedYBlock)):
+        block = next(_randomize_bn(regnet.create_model(name)).s2.children())
+        fused = cls(block, torch.float32).eval()
+        fused.front_trials.clock = fake_now
+        if cls is FusedYBlock:
+            fused.schedule_trials.clock = fake_now
+        for conv in (fused.a, fused.b, fused.c, fused.proj):
+            conv.route_trials.clock = fake_now
+        x = torch.randn(2, block.f.a.in_channels, 12, 12).to(memory_format=torch.channels_last)
+        with torch.no_grad():
+            ref = copy.deepcopy(block).double()(x.double())
+            for _ in range(SETTLE_CALLS + 2):
+                assert rel_err(fused(x), ref) <= 1e-5, name
+            assert fused.plans, f"{name}: no plan once settled"
+            assert list(fused.front_trials.chosen.values()) == [int(one_op_faster)], name
+            runs.clear()
+            for _ in range(3):
+                assert rel_err(fused(x), ref) <= 1e-5, name
+        assert runs.count("pair") == (3 if one_op_faster else 0), (name, runs)
+
+
 def test_blocks_run_plans_once_settled_and_drop_them_when_moved():
     """Once every choice for a signature is made, each block runs it as a plan (bound calls in
     order): the outputs stay those of the original on every call, before and after; .to() drops

@@ -15,10 +15,15 @@ namespace cpu {
 
 // One conv (k x k, k in {1, 3}, 'same' padding, stride 1 or 2, grouped) on channels-last
 // activations, with the epilogue: + bias (folded BN), + residual, ReLU, per-(n, c) sums.
-// The input is optionally scaled by gate[n, c_in] as it is loaded (K4's SE prologue).
+// The input is optionally scaled by gate[n, c_in] as it is loaded (K4's SE prologue), or
+// computed row by row by another conv (`pre`: K1 fused into K2).
 struct ConvProblem {
   c10::ScalarType dtype;  // of x, residual and y (float, bfloat16 or half); math is fp32
 
+  // When set, x is not read: its rows are pre's output (a 1x1, stride 1, unpadded, with ReLU;
+  // n, c_in, h, w are pre's output sizes), computed in fp32 as the rows are needed and never
+  // rounded or stored: K1's output stays in the thread's row buffers.
+  const struct ConvProblem* pre;
   const void* x;
   int64_t n, c_in, h, w;
   int64_t x_sn, x_sh, x_sw;  // element strides; the channel stride is 1

@@ -186,6 +186,50 @@ void pack_input_row(const ConvProblem& p, const scalar_t* x, int64_t n, int64_t 
   }
 }
 
+// Output channels [c_lo, c_hi) (rounded out to whole blocks) of row (n, ih) of `pre`, an unpadded
+// stride-1 1x1 conv (K1), into dst (pixel stride dst_ps) in fp32, after its bias and ReLU. x_row:
+// scratch for one fp32 input row when pre's x is not fp32 (fp32 is read in place); tile:
+// kMaxPixels x pre's block width.
+template <typename scalar_t>
+void pre_conv_row(const ConvProblem& pre, int64_t n, int64_t ih, int64_t c_lo, int64_t c_hi, float* dst,
+                  int64_t dst_ps, float* x_row, float* tile) {
+  const float* row = x_row;
+  int64_t ps = pre.c_in;
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    row = static_cast<const float*>(pre.x) + n * pre.x_sn + ih * pre.x_sh;
+    ps = pre.x_sw;
+  } else {
+    pack_input_row(pre, static_cast<const scalar_t*>(pre.x), n, ih, x_row);
+  }
+  const int64_t vw = pre.nv * kLanes, max_px = max_pixels_for(pre.nv);
+  const int64_t px_blocks = (pre.w_out + max_px - 1) / max_px;
+  Tile t{&row, ps, 0, 1, 1, pre.c_in, 0, nullptr, nullptr, tile};
+  for (int64_t block = c_lo / vw; block < pre.co_blocks && block * vw < c_hi; ++block) {
+    const int64_t c0 = block * vw, valid = std::min(vw, pre.c_out - c0);
+    t.w = pre.w_packed + block * pre.c_in * vw;
+    t.b = pre.b_packed + block * vw;
+    for (int64_t pb = 0, ow0 = 0; pb < px_blocks; ++pb) {
+      const int64_t np = (pre.w_out - ow0 + (px_blocks - pb) - 1) / (px_blocks - pb);
+      t.in_col0 = ow0;
+      kMicro1x1[pre.nv][np](t);
+      for (int64_t q = 0; q < np; ++q) {
+        float* out = dst + (ow0 + q) * dst_ps + c0;
+        for (int64_t c = 0; c < valid; c += kLanes) {
+          Vec v = Vec::loadu(tile + q * vw + c);
+          if (pre.relu) v = at::vec::maximum(v, Vec(0.f));
+          const int64_t count = std::min(kLanes, valid - c);
+          if (count == kLanes) {
+            v.store(out + c);
+          } else {
+            v.store(out + c, count);
+          }
+        }
+      }
+      ow0 += np;
+    }
+  }
+}
+
 // Residual, ReLU, store and channel sums for `count` channels starting at co of one pixel.
 template <typename scalar_t>
 inline void epilogue(const ConvProblem& p, Vec v, const scalar_t* res, scalar_t* y, float* row_sum, int64_t count) {
@@ -254,13 +298,19 @@ void conv_typed(const ConvProblem& p) {
   // An unpadded fp32 1x1 conv without a gate reads x's rows in place: a copy would only repeat
   // them (x's channel stride is 1, its pixel stride is given to the micro-kernel).
   bool direct_input = false;
-  if constexpr (std::is_same_v<scalar_t, float>) direct_input = p.k == 1 && p.pad == 0 && !p.gate;
+  if constexpr (std::is_same_v<scalar_t, float>) direct_input = p.k == 1 && p.pad == 0 && !p.gate && !p.pre;
+  // With K1 fused in (p.pre), a row of x is K1's output, computed where it is packed: for all
+  // channels when rows are split between threads, or for a chunk's channels only (each thread
+  // computing and reading just its chunks' share of K1's weights).
+  const ConvProblem* pre = p.pre;
+  const int64_t pre_chunks = pre && chunks > 1 ? chunks : 1;
 
   // Items are (output row, chunk of its channel blocks). Row-major where rows are packed: a
   // thread's consecutive items share a row, which it packs once. Chunk-major where x is read in
   // place: each thread then reads only its chunks' weights (a stage-4 1x1 at batch 1 reads
-  // 590 KB of weights, from L3 in a forward, for 7 rows of 7 pixels).
-  const bool chunk_major = direct_input;
+  // 590 KB of weights, from L3 in a forward, for 7 rows of 7 pixels); and where K1 computes a
+  // chunk's rows, so that no thread computes another's channels of K1.
+  const bool chunk_major = direct_input || pre_chunks > 1;
   parallel_for(0, rows_out * chunks, 1, [&](int64_t i0, int64_t i1) {
     // Per-thread scratch: kRowSlots padded input rows (the pad columns stay zero), a zero row for
     // taps above/below the image, and the tile. Input row ih lives in slot ih % kRowSlots and is
@@ -269,35 +319,49 @@ void conv_typed(const ConvProblem& p) {
     constexpr int64_t kRowSlots = 4;
     std::vector<float> buf(direct_input ? 0 : (kRowSlots + 1) * row_floats, 0.f);
     std::vector<float> tile(kMaxPixels * vw);
+    std::vector<float> pre_tile(pre ? kMaxPixels * pre->nv * kLanes : 0);
+    std::vector<float> pre_x_row(pre && !std::is_same_v<scalar_t, float> ? pre->w * pre->c_in : 0);
     const float* zero_row = direct_input ? nullptr : buf.data() + kRowSlots * row_floats;
-    int64_t slot_row[kRowSlots] = {-1, -1, -1, -1};  // n * h + ih of the packed row in each slot
-    const auto packed_row = [&](int64_t n, int64_t ih) -> const float* {
-      const int64_t slot = ih % kRowSlots;
+    // (n * h + ih) * pre_chunks + chunk of the row packed in each slot (chunk: whose channels
+    // K1 computed; 0 when all are there)
+    int64_t slot_row[kRowSlots] = {-1, -1, -1, -1};
+    const auto packed_row = [&](int64_t n, int64_t ih, int64_t chunk) -> const float* {
+      const int64_t slot = ih % kRowSlots, tag = (n * p.h + ih) * pre_chunks + chunk;
       float* dst = buf.data() + slot * row_floats;
-      if (slot_row[slot] != n * p.h + ih) {
-        pack_input_row(p, x, n, ih, dst);
-        slot_row[slot] = n * p.h + ih;
+      if (slot_row[slot] != tag) {
+        if (pre) {
+          // The chunk's groups' input channels (whole groups: a chunk may end inside one).
+          const int64_t b0 = chunk * blocks / chunks, b1 = (chunk + 1) * blocks / chunks;
+          const int64_t c_lo = pre_chunks > 1 ? b0 / p.co_blocks * p.cin_g : 0;
+          const int64_t c_hi = pre_chunks > 1 ? ((b1 - 1) / p.co_blocks + 1) * p.cin_g : p.c_in;
+          pre_conv_row<scalar_t>(*pre, n, ih, c_lo, c_hi, dst + p.pad * p.c_in, p.c_in, pre_x_row.data(),
+                                 pre_tile.data());
+        } else {
+          pack_input_row(p, x, n, ih, dst);
+        }
+        slot_row[slot] = tag;
       }
       return dst;
     };
     const float* rows[3];
-    int64_t rows_of = -1;  // the output row whose input rows are in `rows`
+    int64_t rows_of = -1;  // the (output row, chunk) whose input rows are in `rows`
     for (int64_t item = i0; item < i1; ++item) {
       const int64_t row = chunk_major ? item % rows_out : item / chunks;
       const int64_t chunk = chunk_major ? item / rows_out : item % chunks;
       const int64_t n = row / p.h_out, oh = row % p.h_out;
-      if (row != rows_of) {
+      const int64_t row_chunk = pre_chunks > 1 ? chunk : 0;
+      if (row * pre_chunks + row_chunk != rows_of) {
         for (int64_t kh = 0; kh < p.k; ++kh) {
           const int64_t ih = oh * p.stride + kh - p.pad;
           if (ih < 0 || ih >= p.h) {
             rows[kh] = zero_row;
           } else if constexpr (std::is_same_v<scalar_t, float>) {
-            rows[kh] = direct_input ? x + n * p.x_sn + ih * p.x_sh : packed_row(n, ih);
+            rows[kh] = direct_input ? x + n * p.x_sn + ih * p.x_sh : packed_row(n, ih, row_chunk);
           } else {
-            rows[kh] = packed_row(n, ih);
+            rows[kh] = packed_row(n, ih, row_chunk);
           }
         }
-        rows_of = row;
+        rows_of = row * pre_chunks + row_chunk;
       }
       const int64_t pixel_stride = direct_input ? p.x_sw : p.c_in;
       const int64_t b0 = chunk * blocks / chunks, b1 = (chunk + 1) * blocks / chunks;

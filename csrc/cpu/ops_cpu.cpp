@@ -299,75 +299,119 @@ int64_t vectors_per_block(const IsaKernels& isa, int64_t vectors, int64_t w_out,
 }
 
 // Shared by conv_bn_act, conv_bn_act_sums and gated_conv1x1. Returns y; fills sums if given.
-at::Tensor run_conv(const char* op, const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
-                    int64_t stride, int64_t padding, int64_t groups, const std::optional<at::Tensor>& residual,
-                    bool relu, const at::Tensor& gate, at::Tensor* sums) {
-  check_activation(op, x);
-  TORCH_CHECK(weight.dim() == 4, op, ": weight must be 4-D [C_out, C_in/groups, k, k], got ", weight.dim(), "-D");
-  TORCH_CHECK(weight.device() == x.device(), op, ": weight must be on ", x.device(), ", got ", weight.device());
-  TORCH_CHECK(weight.scalar_type() == x.scalar_type(), op, ": weight dtype must be ", x.scalar_type(),
+// One conv's weight and bias checked against its input (in_shape, with x's dtype and device;
+// `in` names the input in messages), and its problem without the activations' pointers and
+// strides. `packed` keeps the packed weights alive while the kernel runs.
+ConvProblem conv_problem(const char* op, const char* in, at::IntArrayRef in_shape, const at::Tensor& x,
+                         const char* w_name, const at::Tensor& weight, const char* b_name,
+                         const std::optional<at::Tensor>& bias, int64_t stride, int64_t padding, int64_t groups,
+                         bool relu, std::pair<at::Tensor, at::Tensor>& packed) {
+  TORCH_CHECK(weight.dim() == 4, op, ": ", w_name, " must be 4-D [C_out, C_in/groups, k, k], got ", weight.dim(),
+              "-D");
+  TORCH_CHECK(weight.device() == x.device(), op, ": ", w_name, " must be on ", x.device(), ", got ",
+              weight.device());
+  TORCH_CHECK(weight.scalar_type() == x.scalar_type(), op, ": ", w_name, " dtype must be ", x.scalar_type(),
               " (the dtype of x), got ", weight.scalar_type());
   TORCH_CHECK(groups >= 1, op, ": groups must be >= 1, got ", groups);
-  const int64_t n = x.size(0), c_in = x.size(1), h = x.size(2), w = x.size(3);
+  const int64_t n = in_shape[0], c_in = in_shape[1], h = in_shape[2], w = in_shape[3];
   const int64_t c_out = weight.size(0), k = weight.size(2);
-  TORCH_CHECK(k == weight.size(3) && (k == 1 || k == 3), op, ": weight must be a 1x1 or 3x3 kernel, got ",
+  TORCH_CHECK(k == weight.size(3) && (k == 1 || k == 3), op, ": ", w_name, " must be a 1x1 or 3x3 kernel, got ",
               weight.size(2), "x", weight.size(3));
   TORCH_CHECK(c_in % groups == 0 && c_out % groups == 0, op, ": groups=", groups, " must divide C_in=", c_in,
-              " and C_out=", c_out);
-  TORCH_CHECK(weight.size(1) == c_in / groups, op, ": weight must have C_in/groups=", c_in / groups,
-              " input channels, got shape ", weight.sizes());
+              " (channels of ", in, ") and C_out=", c_out);
+  TORCH_CHECK(weight.size(1) == c_in / groups, op, ": ", w_name, " must have C_in/groups=", c_in / groups,
+              " input channels (", in, " has ", c_in, "), got shape ", weight.sizes());
   TORCH_CHECK(stride == 1 || stride == 2, op, ": stride must be 1 or 2, got ", stride);
   TORCH_CHECK(padding == (k - 1) / 2, op, ": padding must be ", (k - 1) / 2, " for a ", k, "x", k,
               " kernel, got ", padding);
   const int64_t h_out = (h + 2 * padding - k) / stride + 1, w_out = (w + 2 * padding - k) / stride + 1;
-  TORCH_CHECK(h_out >= 1 && w_out >= 1, op, ": x of shape ", x.sizes(), " gives an empty output");
+  TORCH_CHECK(h_out >= 1 && w_out >= 1, op, ": ", in, " of shape ", in_shape, " gives an empty output");
   if (bias) {
     TORCH_CHECK(bias->device() == x.device() && bias->scalar_type() == x.scalar_type() && bias->dim() == 1 &&
                     bias->size(0) == c_out,
-                op, ": bias must be a [", c_out, "] ", x.scalar_type(), " tensor on ", x.device(), ", got ",
-                bias->sizes(), " ", bias->scalar_type(), " on ", bias->device());
+                op, ": ", b_name, " must be a [", c_out, "] ", x.scalar_type(), " tensor on ", x.device(),
+                ", got ", bias->sizes(), " ", bias->scalar_type(), " on ", bias->device());
   }
-  const std::vector<int64_t> out_shape{n, c_out, h_out, w_out};
-  if (residual) check_like_x(op, "residual", *residual, x, out_shape, true);
-
   const IsaKernels& isa = selected_kernels();
   const int64_t cout_g = c_out / groups, cin_g = c_in / groups;
   const int64_t vectors = (cout_g + isa.lanes - 1) / isa.lanes;
   const int64_t nv = vectors_per_block(isa, vectors, w_out, cin_g * k * k);
   const int64_t co_blocks = (vectors + nv - 1) / nv;
-  auto [w_packed, b_packed] = packed_weight_cache().get(weight, bias, groups, nv, co_blocks, isa.lanes);
+  packed = packed_weight_cache().get(weight, bias, groups, nv, co_blocks, isa.lanes);
 
+  ConvProblem p{};
+  p.dtype = x.scalar_type();
+  p.n = n, p.c_in = c_in, p.h = h, p.w = w;
+  p.k = k, p.stride = stride, p.pad = padding, p.groups = groups, p.cin_g = cin_g, p.cout_g = cout_g;
+  p.w_packed = packed.first.const_data_ptr<float>();
+  p.b_packed = packed.second.const_data_ptr<float>();
+  p.nv = nv, p.co_blocks = co_blocks;
+  p.relu = relu;
+  p.c_out = c_out, p.h_out = h_out, p.w_out = w_out;
+  return p;
+}
+
+// Runs p (its x or pre already set) into a new output in x's layout, with the residual and the
+// fp32 per-(n, c) sums if asked for.
+at::Tensor run_problem(const char* op, ConvProblem& p, const at::Tensor& x, const std::optional<at::Tensor>& residual,
+                       at::Tensor* sums) {
+  const std::vector<int64_t> out_shape{p.n, p.c_out, p.h_out, p.w_out};
+  if (residual) check_like_x(op, "residual", *residual, x, out_shape, true);
   at::Tensor y = new_output(x, out_shape);
   at::Tensor row_sums;
   if (sums) {
-    *sums = new_output(x, {n, c_out}, at::kFloat);
-    row_sums = at::empty({n * h_out, c_out}, x.options().dtype(at::kFloat));
+    *sums = new_output(x, {p.n, p.c_out}, at::kFloat);
+    row_sums = at::empty({p.n * p.h_out, p.c_out}, x.options().dtype(at::kFloat));
   }
   if (y.numel() == 0) {
     if (sums) sums->zero_();
     return y;
   }
-  ConvProblem p{};
-  p.dtype = x.scalar_type();
-  p.x = x.const_data_ptr();
-  p.n = n, p.c_in = c_in, p.h = h, p.w = w;
-  p.x_sn = x.stride(0), p.x_sh = x.stride(2), p.x_sw = x.stride(3);
-  p.gate = gate.defined() ? gate.const_data_ptr<float>() : nullptr;
-  p.gate_sn = gate.defined() ? gate.stride(0) : 0;
-  p.k = k, p.stride = stride, p.pad = padding, p.groups = groups, p.cin_g = cin_g, p.cout_g = cout_g;
-  p.w_packed = w_packed.const_data_ptr<float>();
-  p.b_packed = b_packed.const_data_ptr<float>();
-  p.nv = nv, p.co_blocks = co_blocks;
   p.residual = residual ? residual->const_data_ptr() : nullptr;
   if (residual) p.r_sn = residual->stride(0), p.r_sh = residual->stride(2), p.r_sw = residual->stride(3);
-  p.relu = relu;
   p.y = y.mutable_data_ptr();
-  p.c_out = c_out, p.h_out = h_out, p.w_out = w_out;
   p.y_sn = y.stride(0), p.y_sh = y.stride(2), p.y_sw = y.stride(3);
   p.sums = sums ? sums->mutable_data_ptr<float>() : nullptr;
   p.row_sums = sums ? row_sums.mutable_data_ptr<float>() : nullptr;
-  isa.conv(p);
+  selected_kernels().conv(p);
   return y;
+}
+
+void set_input(ConvProblem& p, const at::Tensor& x) {
+  p.x = x.const_data_ptr();
+  p.x_sn = x.stride(0), p.x_sh = x.stride(2), p.x_sw = x.stride(3);
+}
+
+// conv [+ gate on load] + bias [+ residual] [+ ReLU] [+ sums].
+at::Tensor run_conv(const char* op, const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                    int64_t stride, int64_t padding, int64_t groups, const std::optional<at::Tensor>& residual,
+                    bool relu, const at::Tensor& gate, at::Tensor* sums) {
+  check_activation(op, x);
+  std::pair<at::Tensor, at::Tensor> packed;
+  ConvProblem p =
+      conv_problem(op, "x", x.sizes(), x, "weight", weight, "bias", bias, stride, padding, groups, relu, packed);
+  set_input(p, x);
+  p.gate = gate.defined() ? gate.const_data_ptr<float>() : nullptr;
+  p.gate_sn = gate.defined() ? gate.stride(0) : 0;
+  return run_problem(op, p, x, residual, sums);
+}
+
+// K1 fused into K2: conv2(relu(conv1x1(x, w1) + b1)) + b2 [+ ReLU] [+ sums], K1's output never
+// stored (kernel_args.h, ConvProblem::pre).
+at::Tensor run_conv_pair(const char* op, const at::Tensor& x, const at::Tensor& w1, const std::optional<at::Tensor>& b1,
+                         const at::Tensor& w2, const std::optional<at::Tensor>& b2, int64_t stride, int64_t padding,
+                         int64_t groups, bool relu, at::Tensor* sums) {
+  check_activation(op, x);
+  TORCH_CHECK(w1.dim() == 4 && w1.size(2) == 1 && w1.size(3) == 1, op, ": w1 must be a 1x1 kernel [C_mid, C_in, 1, 1], got ",
+              w1.sizes());
+  std::pair<at::Tensor, at::Tensor> packed1, packed2;
+  ConvProblem p1 = conv_problem(op, "x", x.sizes(), x, "w1", w1, "b1", b1, 1, 0, 1, true, packed1);
+  set_input(p1, x);
+  const std::vector<int64_t> mid_shape{p1.n, p1.c_out, p1.h_out, p1.w_out};
+  ConvProblem p2 =
+      conv_problem(op, "w1's output", mid_shape, x, "w2", w2, "b2", b2, stride, padding, groups, relu, packed2);
+  p2.pre = &p1;
+  return run_problem(op, p2, x, std::nullopt, sums);
 }
 
 at::Tensor conv_bn_act_cpu(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
@@ -382,6 +426,23 @@ std::tuple<at::Tensor, at::Tensor> conv_bn_act_sums_cpu(const at::Tensor& x, con
   at::Tensor sums;
   at::Tensor y = run_conv("conv_bn_act_sums", x, weight, bias, stride, padding, groups, std::nullopt, relu,
                           at::Tensor(), &sums);
+  return {y, sums};
+}
+
+at::Tensor conv1x1_conv_bn_act_cpu(const at::Tensor& x, const at::Tensor& w1, const std::optional<at::Tensor>& b1,
+                                   const at::Tensor& w2, const std::optional<at::Tensor>& b2, int64_t stride,
+                                   int64_t padding, int64_t groups, bool relu) {
+  return run_conv_pair("conv1x1_conv_bn_act", x, w1, b1, w2, b2, stride, padding, groups, relu, nullptr);
+}
+
+std::tuple<at::Tensor, at::Tensor> conv1x1_conv_bn_act_sums_cpu(const at::Tensor& x, const at::Tensor& w1,
+                                                                const std::optional<at::Tensor>& b1,
+                                                                const at::Tensor& w2,
+                                                                const std::optional<at::Tensor>& b2, int64_t stride,
+                                                                int64_t padding, int64_t groups, bool relu) {
+  at::Tensor sums;
+  at::Tensor y =
+      run_conv_pair("conv1x1_conv_bn_act_sums", x, w1, b1, w2, b2, stride, padding, groups, relu, &sums);
   return {y, sums};
 }
 
@@ -465,6 +526,8 @@ at::Tensor se_gate_cpu(const at::Tensor& x, const at::Tensor& w1, const at::Tens
 TORCH_LIBRARY_IMPL(regnet_kernels, CPU, m) {
   m.impl("conv_bn_act", &conv_bn_act_cpu);
   m.impl("conv_bn_act_sums", &conv_bn_act_sums_cpu);
+  m.impl("conv1x1_conv_bn_act", &conv1x1_conv_bn_act_cpu);
+  m.impl("conv1x1_conv_bn_act_sums", &conv1x1_conv_bn_act_sums_cpu);
   m.impl("gated_conv1x1", &gated_conv1x1_cpu);
   m.impl("se_gate", &se_gate_cpu);
   m.impl("channel_sums", &channel_sums_cpu);

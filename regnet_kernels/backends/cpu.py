@@ -273,6 +273,27 @@ def conv_routes(x, weight, bias, stride, padding, groups, residual, relu, channe
     return (bind_onednn, bind_native) if _use_onednn(x, weight, groups, residual) else ()
 
 
+def pair_supports(*, x, w1, b1, w2, b2, stride=1, padding=None, groups=1, relu=True, channel_sums=False,
+                  forced=False) -> List[str]:
+    reasons = _common_reasons(x)
+    k = w2.shape[-1]
+    if k not in SUPPORTED_KERNEL_SIZES or w2.shape[-2] != k:
+        reasons.append(f"cpu: kernel {w2.shape[-2]}x{w2.shape[-1]} not supported (1x1, 3x3)")
+    if stride not in SUPPORTED_STRIDES:
+        reasons.append(f"cpu: stride {stride} not supported (1, 2)")
+    return reasons
+
+
+def pair_bind(x, w1, b1, w2, b2, stride, padding, groups, relu, channel_sums):
+    """conv1x1_conv_bn_act bound for this signature, as run(x, w1, b1, w2, b2) (the `bind` extra)."""
+    op = native_call("conv1x1_conv_bn_act_sums" if channel_sums else "conv1x1_conv_bn_act")
+    return lambda x, w1, b1, w2, b2: op(x, w1, b1, w2, b2, stride, padding, groups, relu)
+
+
+def pair_run(x, w1, b1, w2, b2, stride, padding, groups, relu, channel_sums):
+    return pair_bind(x, w1, b1, w2, b2, stride, padding, groups, relu, channel_sums)(x, w1, b1, w2, b2)
+
+
 def se_supports(*, x, w1, b1, w2, b2, residual=None, relu=False, sums=None, forced=False) -> List[str]:
     reasons = _common_reasons(x, (("residual", residual),))
     if sums is not None and sums.dtype != torch.float32:
@@ -315,6 +336,7 @@ def gated_run(x, gate, weight, bias, residual, relu):
 
 dispatch.register("conv_bn_act", NAME, conv_supports, conv_run, into_residual=conv_into_residual, routes=conv_routes,
                   bind=conv_bind)
+dispatch.register("conv1x1_conv_bn_act", NAME, pair_supports, pair_run, bind=pair_bind)
 dispatch.register("se_gate", NAME, se_supports, se_run)
 dispatch.register("gated_conv1x1", NAME, gated_supports, gated_run, separate_gate_pass=separate_gate_pass,
                   measure_gate_in_se=measure_gate_in_se)

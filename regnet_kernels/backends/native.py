@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 
 from .. import _ext
-from ..ops.checks import check_conv, check_gated_conv1x1, empty_like_layout
+from ..ops.checks import check_conv, check_conv1x1_conv, check_gated_conv1x1, empty_like_layout
 
 EXT = _ext.load()
 NAMESPACE = "regnet_kernels"
@@ -57,6 +57,16 @@ if EXT is not None:
     @torch.library.register_fake(f"{NAMESPACE}::conv_bn_act_sums")
     def _conv_bn_act_sums_fake(x, weight, bias, stride, padding, groups, relu):
         _, shape = check_conv(x, weight, bias, stride, padding, groups, None)
+        return empty_like_layout(x, shape), x.new_empty((shape[0], shape[1]), dtype=torch.float32)
+
+    @torch.library.register_fake(f"{NAMESPACE}::conv1x1_conv_bn_act")
+    def _conv1x1_conv_bn_act_fake(x, w1, b1, w2, b2, stride, padding, groups, relu):
+        _, shape = check_conv1x1_conv(x, w1, b1, w2, b2, stride, padding, groups)
+        return empty_like_layout(x, shape)
+
+    @torch.library.register_fake(f"{NAMESPACE}::conv1x1_conv_bn_act_sums")
+    def _conv1x1_conv_bn_act_sums_fake(x, w1, b1, w2, b2, stride, padding, groups, relu):
+        _, shape = check_conv1x1_conv(x, w1, b1, w2, b2, stride, padding, groups)
         return empty_like_layout(x, shape), x.new_empty((shape[0], shape[1]), dtype=torch.float32)
 
     @torch.library.register_fake(f"{NAMESPACE}::se_gate")

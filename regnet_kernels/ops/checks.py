@@ -47,20 +47,34 @@ def conv_out_size(size: int, k: int, stride: int, padding: int) -> int:
 def check_conv(x, weight, bias, stride, padding, groups, residual) -> Tuple[int, Tuple[int, int, int, int]]:
     """Validate conv_bn_act's arguments; return (padding, output shape)."""
     check_tensor("x", x, dim=4)
-    check_tensor("weight", weight, dim=4, like=x)
-    check_same_dtype("weight", weight, x)
+    padding, out_shape = check_conv_weights(x, tuple(x.shape), "x", weight, bias, stride, padding, groups)
+    if residual is not None:
+        check_tensor("residual", residual, shape=out_shape, like=x)
+        check_same_dtype("residual", residual, x)
+    return padding, out_shape
+
+
+def check_conv_weights(x, in_shape, in_name, weight, bias, stride, padding, groups, names=("weight", "bias")
+                       ) -> Tuple[int, Tuple[int, int, int, int]]:
+    """Validate one conv's weight, bias, stride, padding and groups for an input of in_shape (x
+    itself, or an intermediate of x's dtype and device, named in_name in messages); return
+    (padding, output shape). `names`: the weight's and bias's argument names."""
+    w_name, b_name = names
+    check_tensor(w_name, weight, dim=4, like=x)
+    check_same_dtype(w_name, weight, x)
     if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
         fail("groups", "an integer >= 1", groups)
-    n, c_in, h, w = x.shape
+    n, c_in, h, w = in_shape
     c_out, c_per_group, kh, kw = weight.shape
     if kh != kw or kh not in SUPPORTED_KERNEL_SIZES:
-        fail("weight", f"a square kernel of size in {SUPPORTED_KERNEL_SIZES}", f"{kh}x{kw}")
+        fail(w_name, f"a square kernel of size in {SUPPORTED_KERNEL_SIZES}", f"{kh}x{kw}")
     if c_in % groups != 0:
-        fail("groups", f"a divisor of the {c_in} input channels of x", groups)
+        fail("groups", f"a divisor of the {c_in} input channels of {in_name}", groups)
     if c_out % groups != 0:
-        fail("groups", f"a divisor of the {c_out} output channels of weight", groups)
+        fail("groups", f"a divisor of the {c_out} output channels of {w_name}", groups)
     if c_per_group != c_in // groups:
-        fail("weight", f"shape [C_out, C_in/groups={c_in // groups}, {kh}, {kw}] for x with {c_in} channels", list(weight.shape))
+        fail(w_name, f"shape [C_out, C_in/groups={c_in // groups}, {kh}, {kw}] for {in_name} with {c_in} channels",
+             list(weight.shape))
     if isinstance(stride, bool) or stride not in SUPPORTED_STRIDES:
         fail("stride", f"one of {SUPPORTED_STRIDES}", stride)
     same = (kh - 1) // 2
@@ -69,15 +83,22 @@ def check_conv(x, weight, bias, stride, padding, groups, residual) -> Tuple[int,
     if isinstance(padding, bool) or padding != same:
         fail("padding", f"{same} ('same' padding for a {kh}x{kh} kernel, the only one supported)", padding)
     if bias is not None:
-        check_tensor("bias", bias, shape=(c_out,), like=x)
-        check_same_dtype("bias", bias, x)
+        check_tensor(b_name, bias, shape=(c_out,), like=x)
+        check_same_dtype(b_name, bias, x)
     out_shape = (n, c_out, conv_out_size(h, kh, stride, padding), conv_out_size(w, kw, stride, padding))
     if out_shape[2] < 1 or out_shape[3] < 1:
-        fail("x", "a spatial size that gives a non-empty output", list(x.shape))
-    if residual is not None:
-        check_tensor("residual", residual, shape=out_shape, like=x)
-        check_same_dtype("residual", residual, x)
+        fail(in_name, "a spatial size that gives a non-empty output", list(in_shape))
     return padding, out_shape
+
+
+def check_conv1x1_conv(x, w1, b1, w2, b2, stride, padding, groups) -> Tuple[int, Tuple[int, int, int, int]]:
+    """Validate conv1x1_conv_bn_act's arguments (w1 a 1x1 conv over all of x's channels, w2 a
+    conv of its output); return (padding of the second conv, output shape)."""
+    check_tensor("x", x, dim=4)
+    _, mid_shape = check_conv_weights(x, tuple(x.shape), "x", w1, b1, 1, None, 1, names=("w1", "b1"))
+    if w1.shape[2] != 1:
+        fail("w1", "a 1x1 kernel [C_mid, C_in, 1, 1]", list(w1.shape))
+    return check_conv_weights(x, mid_shape, "w1's output", w2, b2, stride, padding, groups, names=("w2", "b2"))
 
 
 def check_fc_weight(name: str, w, rows: Optional[int], cols: Optional[int], like: Optional[Tensor] = None
