@@ -29,6 +29,8 @@ TORCH_LIBRARY(regnet_kernels, m) {
   // `sums` (fp32 [N, C]) replaces the mean's pass over x when given.
   m.def("se_gate(Tensor x, Tensor w1, Tensor b1, Tensor w2, Tensor b2, Tensor? residual, bool relu, "
         "Tensor? sums) -> Tensor");
+  // K3: gate = sigmoid(W2 relu(W1 (sums / hw) + b1) + b2), fp32 [N, C], from fp32 per-(n, c) sums.
+  m.def("se_excite(Tensor sums, int hw, Tensor w1, Tensor b1, Tensor w2, Tensor b2) -> Tensor");
   // K4: 1x1 conv of (x * gate[n, c]) + bias [+ residual] [+ ReLU].
   m.def("gated_conv1x1(Tensor x, Tensor gate, Tensor weight, Tensor? bias, Tensor? residual, bool relu) -> Tensor");
 }

@@ -9,10 +9,11 @@ The projection shortcut (1x1 stride s) is one more conv_bn_act whose output K4 a
 backend has it (cpu), K1 and K2 may run as one op, conv1x1_conv_bn_act, which computes K1's
 rows where K2 reads them and never stores K1's output; blocks time it against the two ops.
 
-On the cpu backend with fp32/bf16 channels-last activations the convs run as oneDNN convs with
-prepacked weights and fused bias/ReLU/residual (a measured choice, backends/cpu.py), K2's sums
-as a separate channel_sums pass, and Y blocks whose K4 oneDNN would serve gate in the SE op
-instead (FusedYBlock): K1, K2, se_gate, K4 as a plain 1x1 conv + residual + ReLU.
+On the cpu backend with fp32/bf16 channels-last activations each conv runs oneDNN (prepacked
+weights, fused bias/ReLU/residual; K2's sums then a separate channel_sums pass) or our kernel,
+whichever its first calls time faster (backends/cpu.py), K3 is a native op, and Y blocks whose K4
+oneDNN would serve gate in the SE op instead (FusedYBlock): K1, K2, se_gate, K4 as a plain 1x1
+conv + residual + ReLU; where the gated K4 could be ours, the block times the two schedules.
 
 The modules hold folded weights as buffers (inference only) and run whichever backend the
 dispatcher picks, or the one given. Activations stay in the layout they arrive in
@@ -36,7 +37,6 @@ from .ops import gated_conv1x1 as gated_op
 from .ops import se_gate as se_gate_op
 from .ops.fold_bn import fold_bn
 from .ops.checks import fc_matrix
-from .ops.se_gate import se_excite
 from .memory import pooled_cpu_memory
 from .trials import Trials
 
@@ -410,8 +410,13 @@ class FusedYBlock(FusedXBlock):
         return k4_gated(y, excite(sums, y), s)
 
     def _excite(self, sums: Tensor, y: Tensor) -> Tensor:
-        """K3: the gate from K2's sums of y."""
-        return se_excite(sums, y.shape[2] * y.shape[3], *self._se_params())
+        """K3: the gate from K2's sums of y, resolved per signature."""
+        hw, se = y.shape[2] * y.shape[3], self._se_params()
+        run = self.resolved_se.get(signature(sums, flags=("excite", hw, self.backend)),
+                                   lambda: se_gate_op.resolve_excite(sums, hw, *se, self.backend))
+        if not torch.compiler.is_compiling():
+            _stash(self, "last_excite", run)
+        return run(sums, hw, *se)
 
     def _se_params(self):
         buffers = self._buffers  # not nn.Module.__getattr__: this runs in every Y block's plan call
@@ -491,10 +496,13 @@ class FusedYBlock(FusedXBlock):
             def se_gate(y):
                 return kse(y, *params(), None, False, None)
             return lambda x: schedule(x, shortcut, front, se_gate, k4)
-        kg = _stashed(c, "last_gated")
-        if kg is None:
+        kg, kx = _stashed(c, "last_gated"), _stashed(self, "last_excite")
+        if kg is None or kx is None:
             return None
-        excite, schedule, c_buffers = self._excite, self._schedule_gate_on_load, c._buffers
+        params, schedule, c_buffers = self._se_params, self._schedule_gate_on_load, c._buffers
+
+        def excite(sums, y):
+            return kx(sums, y.shape[2] * y.shape[3], *params())
 
         def k4_gated(y, gate, shortcut):
             return kg(y, gate, fc_matrix(c_buffers["weight"]), c_buffers["bias"], shortcut, True)

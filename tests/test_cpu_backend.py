@@ -332,6 +332,35 @@ def test_se_gate_native_reads_fc_weights_in_every_layout(shape):
             assert_accurate(out, ref, what=f"se {shape} w1 {w1_name} w2 {w2_name}")
 
 
+@pytest.mark.parametrize("shape", SE_SHAPES, ids=str)
+def test_se_excite(shape):
+    """K3 alone (sums -> fp32 gate) against float64, through the backend (W2 cached input-major)
+    and the native op with W1 and W2 in every layout it takes; sums of a real map, hw its pixels."""
+    args, _ = se_inputs(shape, torch.float32)
+    x, w1, b1, w2, b2 = args
+    sums, hw = x.float().sum((2, 3)), shape[2] * shape[3]
+    ref = rk.se_excite(sums.double(), hw, *[to64(a) for a in (w1, b1, w2, b2)], backend="eager")
+    with poison_outputs():
+        gate = rk.se_excite(sums, hw, w1, b1, w2, b2, backend="cpu")
+    assert gate.dtype == torch.float32
+    assert_accurate(gate, ref, what=f"se_excite {shape}")
+    w2_layouts = dict(fc_layouts(w2), by_input=cpu_backend.fc_by_input(w2))
+    for w1_name, w1_layout in fc_layouts(w1).items():
+        for w2_name, w2_layout in w2_layouts.items():
+            with poison_outputs():
+                gate = OPS.se_excite(sums, hw, w1_layout, b1, w2_layout, b2)
+            assert_accurate(gate, ref, what=f"se_excite {shape} w1 {w1_name} w2 {w2_name}")
+
+
+def test_se_excite_refuses_other_weight_dtypes():
+    args, _ = se_inputs((1, 16, 3, 3), torch.float32)
+    sums, w1, b1, w2, b2 = args[0].sum((2, 3)), *args[1:]
+    reasons = dict(dispatch.explain("se_excite", x=sums, hw=9, w1=w1.bfloat16(), b1=b1, w2=w2, b2=b2))["cpu"]
+    assert any("w1 dtype" in r for r in reasons), reasons
+    with pytest.raises(dispatch.BackendUnavailable, match="w1 dtype"):
+        rk.se_excite(sums, 9, w1.bfloat16(), b1, w2, b2, backend="cpu")
+
+
 def test_se_gate_cached_w2_follows_in_place_updates():
     args, kw = se_inputs((2, 104, 13, 13), torch.float32)
     x, w1, b1, w2, b2 = args
@@ -426,6 +455,13 @@ BAD_RAW_CALLS = {
                                                     None, 1, 0, 2, True),
     "pair x NCHW": lambda: OPS.conv1x1_conv_bn_act(randn(1, 8, 5, 5), randn(8, 8, 1, 1), None, randn(8, 4, 3, 3),
                                                    None, 1, 1, 2, True),
+    "excite sums 3-D": lambda: OPS.se_excite(randn(1, 8, 1), 4, randn(2, 8), randn(2), randn(8, 2), randn(8)),
+    "excite sums dtype": lambda: OPS.se_excite(randn(1, 8, dtype=torch.bfloat16), 4, randn(2, 8), randn(2),
+                                               randn(8, 2), randn(8)),
+    "excite hw": lambda: OPS.se_excite(randn(1, 8), 0, randn(2, 8), randn(2), randn(8, 2), randn(8)),
+    "excite w1 shape": lambda: OPS.se_excite(randn(1, 8), 4, randn(2, 7), randn(2), randn(8, 2), randn(8)),
+    "excite w2 shape": lambda: OPS.se_excite(randn(1, 8), 4, randn(2, 8), randn(2), randn(8, 3), randn(8)),
+    "excite b2 shape": lambda: OPS.se_excite(randn(1, 8), 4, randn(2, 8), randn(2), randn(8, 2), randn(7)),
     "gated gate shape": lambda: OPS.gated_conv1x1(_cl(1, 8, 4, 4), randn(1, 7), randn(4, 8), None, None, True),
     "gated weight shape": lambda: OPS.gated_conv1x1(_cl(1, 8, 4, 4), randn(1, 8), randn(4, 7), None, None, True),
 }
@@ -445,6 +481,7 @@ def test_opcheck():
         "conv_bn_act_sums": (x, w, b, 1, 1, 2, True),
         "se_gate": (x, randn(4, 16), randn(4), randn(16, 4), randn(16), _cl(2, 16, 5, 6), True, None),
         "gated_conv1x1": (x, torch.rand(2, 16), randn(24, 16), b[:8].repeat(3), None, False),
+        "se_excite": (randn(2, 16).abs() * 30, 30, randn(4, 16), randn(4), randn(16, 4), randn(16)),
         "conv1x1_conv_bn_act": (x, randn(24, 16, 1, 1), randn(24), randn(24, 8, 3, 3), randn(24), 2, 1, 3, True),
         "conv1x1_conv_bn_act_sums": (x, randn(24, 16, 1, 1), None, randn(24, 8, 3, 3), randn(24), 1, 1, 3, False),
     }

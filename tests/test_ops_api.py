@@ -78,6 +78,23 @@ def test_gated_conv1x1_bad_input(mutate, match):
         rk.gated_conv1x1(args.pop("x"), args.pop("gate"), args.pop("weight"), args.pop("bias"), **args)
 
 
+@pytest.mark.parametrize("mutate,match", [
+    (lambda a: {**a, "sums": a["sums"][0]}, "sums: expected a 2-D"),
+    (lambda a: {**a, "sums": a["sums"].half()}, "sums: expected dtype"),
+    (lambda a: {**a, "hw": 0}, "hw: expected an integer >= 1"),
+    (lambda a: {**a, "hw": 2.5}, "hw: expected an integer >= 1"),
+    (lambda a: {**a, "w1": torch.randn(4, 15)}, "w1: expected shape"),
+    (lambda a: {**a, "w2": torch.randn(16, 5)}, "w2: expected shape"),
+    (lambda a: {**a, "b1": torch.randn(5)}, "b1: expected shape"),
+    (lambda a: {**a, "b2": torch.randn(4)}, "b2: expected shape"),
+])
+def test_se_excite_bad_input(mutate, match):
+    a = _se_args()
+    args = mutate(dict(sums=a["x"].sum((2, 3)), hw=25, w1=a["w1"], b1=a["b1"], w2=a["w2"], b2=a["b2"]))
+    with pytest.raises(ValueError, match=match):
+        rk.se_excite(args["sums"], args["hw"], args["w1"], args["b1"], args["w2"], args["b2"])
+
+
 def _pair_args():
     x = random_tensor((2, 12, 7, 7))
     return dict(x=x, w1=torch.randn(16, 12, 1, 1), b1=torch.randn(16), w2=torch.randn(16, 8, 3, 3),
@@ -172,6 +189,9 @@ def _sample_args(op):
     if op == "conv1x1_conv_bn_act":
         return dict(x=x, w1=torch.randn(16, 16, 1, 1), b1=torch.randn(16), w2=torch.randn(16, 8, 3, 3),
                     b2=torch.randn(16), stride=1, padding=1, groups=2, relu=True, channel_sums=False)
+    if op == "se_excite":
+        return dict(x=x.sum((2, 3)), hw=49, w1=torch.randn(4, 16), b1=torch.randn(4), w2=torch.randn(16, 4),
+                    b2=torch.randn(16))
     if op == "se_gate":
         return dict(x=x, w1=torch.randn(4, 16), b1=torch.randn(4), w2=torch.randn(16, 4), b2=torch.randn(16),
                     residual=None, relu=True, sums=None)
@@ -179,7 +199,7 @@ def _sample_args(op):
                 relu=True)
 
 
-@pytest.mark.parametrize("op", ["conv_bn_act", "conv1x1_conv_bn_act", "se_gate", "gated_conv1x1"])
+@pytest.mark.parametrize("op", ["conv_bn_act", "conv1x1_conv_bn_act", "se_excite", "se_gate", "gated_conv1x1"])
 def test_auto_device_prefilter_agrees_with_each_backends_own_verdict(op):
     """select() skips backends whose AUTO_DEVICES exclude x's device without asking them: that
     must be exactly what their supports() would say (else auto would miss a backend that can serve)."""

@@ -90,6 +90,7 @@ struct IsaKernels {
   int64_t (*max_pixels)(int64_t nv);  // register block: output pixels per micro-kernel call
   void (*conv)(const ConvProblem&);
   void (*se_gate)(const SeProblem&);
+  void (*se_excite)(const SeProblem&);  // K3 alone: sums -> gate (x, residual, y unused)
   void (*channel_sums)(const SumsProblem&);
 };
 

@@ -552,6 +552,18 @@ inline void se_excite_sample(const SeProblem& p, float inv_hw, float* gate, floa
   if (c < p.c) (one / (one + Vec::loadu(gate + c, p.c - c).neg().exp())).store(gate + c, p.c - c);
 }
 
+// K3: p.gate[n] = the SE MLP of p.sums[n] / (h w), fp32 (p.sums may be p.gate); tasks of at
+// least ~64K FMAs (batch 1 stays on the calling thread).
+void se_excite(const SeProblem& p) {
+  const float inv_hw = 1.f / static_cast<float>(p.h * p.w);
+  if (p.sums != p.gate) std::memcpy(p.gate, p.sums, p.n * p.c * sizeof(float));
+  const int64_t mlp_grain = std::max<int64_t>(1, 65536 / std::max<int64_t>(1, 2 * p.c * p.c_se));
+  parallel_for(0, p.n, mlp_grain, [&](int64_t n0, int64_t n1) {
+    std::vector<float> hidden(p.c_se);
+    for (int64_t n = n0; n < n1; ++n) se_excite_sample(p, inv_hw, p.gate + n * p.c, hidden.data());
+  });
+}
+
 template <typename scalar_t>
 void se_gate_typed(const SeProblem& p) {
   const auto* x = static_cast<const scalar_t*>(p.x);
@@ -570,14 +582,10 @@ void se_gate_typed(const SeProblem& p) {
     sums = p.gate;
   }
 
-  // 2. Excite: the MLP in fp32 on the gate buffer, in place; tasks of at least ~64K FMAs.
-  const float inv_hw = 1.f / static_cast<float>(p.h * p.w);
-  if (sums != p.gate) std::memcpy(p.gate, sums, p.n * p.c * sizeof(float));
-  const int64_t mlp_grain = std::max<int64_t>(1, 65536 / std::max<int64_t>(1, 2 * p.c * p.c_se));
-  parallel_for(0, p.n, mlp_grain, [&](int64_t n0, int64_t n1) {
-    std::vector<float> hidden(p.c_se);
-    for (int64_t n = n0; n < n1; ++n) se_excite_sample(p, inv_hw, p.gate + n * p.c, hidden.data());
-  });
+  // 2. Excite: the MLP on the gate buffer.
+  SeProblem excite = p;
+  excite.sums = sums;
+  se_excite(excite);
 
   // 3. Scale: y = act(x * gate + residual), one pass over x.
   parallel_for(0, rows, grain, [&](int64_t r0, int64_t r1) {
@@ -619,7 +627,7 @@ void se_gate(const SeProblem& p) {
   const IsaKernels& fn_name() {                                                                              \
     static const IsaKernels table{isa_name, CPU_CAPABILITY::kLanes, [](int64_t nv) { return CPU_CAPABILITY::max_pixels_for(nv); }, \
                                   &CPU_CAPABILITY::conv, &CPU_CAPABILITY::se_gate,                           \
-                                  &CPU_CAPABILITY::channel_sums};                                            \
+                                  &CPU_CAPABILITY::se_excite, &CPU_CAPABILITY::channel_sums};                \
     return table;                                                                                            \
   }                                                                                                          \
   }

@@ -471,24 +471,45 @@ at::Tensor channel_sums_cpu(const at::Tensor& x) {
   return out;
 }
 
+// The SE MLP's weights as the kernels read them (fp32; W2 input-major when given so), checked
+// against C channels; `like` gives the device and the dtype the weights may also have.
+struct SeWeights {
+  at::Tensor w1, b1, w2, b2;
+  bool w2_by_input = false;
+  int64_t c_se = 0;
+};
+
+SeWeights se_weights(const char* op, const at::Tensor& like, int64_t c, const at::Tensor& w1, const at::Tensor& b1,
+                     const at::Tensor& w2, const at::Tensor& b2) {
+  SeWeights s;
+  s.c_se = fc_shape(op, "w1", w1)[0];
+  TORCH_CHECK(s.c_se >= 1, op, ": w1 must have at least one output, got ", w1.sizes());
+  s.w1 = fc_as_float(op, "w1", w1, like, {s.c_se, c});
+  // W2 [c, c_se] with strides (1, c) (a transposed contiguous [c_se, c], as the cpu backend
+  // caches it) is read in place: the gate is then computed on whole vectors of channels.
+  // Any other layout is made a contiguous [c, c_se].
+  s.w2_by_input = w2.dim() == 2 && w2.scalar_type() == at::kFloat && w2.device() == like.device() &&
+                  w2.sizes() == at::IntArrayRef{c, s.c_se} && c > 1 && w2.stride(0) == 1 && w2.stride(1) == c;
+  s.w2 = s.w2_by_input ? w2 : fc_as_float(op, "w2", w2, like, {c, s.c_se});
+  s.b1 = as_float_param(op, "b1", b1, like, {s.c_se});
+  s.b2 = as_float_param(op, "b2", b2, like, {c});
+  return s;
+}
+
+void set_se_weights(SeProblem& p, const SeWeights& s) {
+  p.w1 = s.w1.const_data_ptr<float>(), p.b1 = s.b1.const_data_ptr<float>();
+  p.w2 = s.w2.const_data_ptr<float>(), p.b2 = s.b2.const_data_ptr<float>();
+  p.w2_by_input = s.w2_by_input;
+  p.c_se = s.c_se;
+}
+
 at::Tensor se_gate_cpu(const at::Tensor& x, const at::Tensor& w1, const at::Tensor& b1, const at::Tensor& w2,
                        const at::Tensor& b2, const std::optional<at::Tensor>& residual, bool relu,
                        const std::optional<at::Tensor>& sums) {
   const char* op = "se_gate";
   check_activation(op, x);
   const int64_t n = x.size(0), c = x.size(1);
-  const int64_t c_se = fc_shape(op, "w1", w1)[0];
-  TORCH_CHECK(c_se >= 1, op, ": w1 must have at least one output, got ", w1.sizes());
-  const at::Tensor w1f = fc_as_float(op, "w1", w1, x, {c_se, c});
-  // W2 [c, c_se] with strides (1, c) (a transposed contiguous [c_se, c], as the cpu backend
-  // caches it) is read in place: the gate is then computed on whole vectors of channels.
-  // Any other layout is made a contiguous [c, c_se].
-  const bool w2_by_input = w2.dim() == 2 && w2.scalar_type() == at::kFloat && w2.device() == x.device() &&
-                           w2.sizes() == at::IntArrayRef{c, c_se} && c > 1 && w2.stride(0) == 1 &&
-                           w2.stride(1) == c;
-  const at::Tensor w2f = w2_by_input ? w2 : fc_as_float(op, "w2", w2, x, {c, c_se});
-  const at::Tensor b1f = as_float_param(op, "b1", b1, x, {c_se});
-  const at::Tensor b2f = as_float_param(op, "b2", b2, x, {c});
+  const SeWeights weights = se_weights(op, x, c, w1, b1, w2, b2);
   at::Tensor sums32;
   if (sums) {
     TORCH_CHECK(sums->scalar_type() == at::kFloat, op, ": sums must be float32, got ", sums->scalar_type());
@@ -506,10 +527,7 @@ at::Tensor se_gate_cpu(const at::Tensor& x, const at::Tensor& w1, const at::Tens
   p.n = n, p.c = c, p.h = x.size(2), p.w = x.size(3);
   p.x_sn = x.stride(0), p.x_sh = x.stride(2), p.x_sw = x.stride(3);
   p.sums = sums ? sums32.const_data_ptr<float>() : nullptr;
-  p.w1 = w1f.const_data_ptr<float>(), p.b1 = b1f.const_data_ptr<float>();
-  p.w2 = w2f.const_data_ptr<float>(), p.b2 = b2f.const_data_ptr<float>();
-  p.w2_by_input = w2_by_input;
-  p.c_se = c_se;
+  set_se_weights(p, weights);
   p.residual = residual ? residual->const_data_ptr() : nullptr;
   if (residual) p.r_sn = residual->stride(0), p.r_sh = residual->stride(2), p.r_sw = residual->stride(3);
   p.relu = relu;
@@ -521,6 +539,28 @@ at::Tensor se_gate_cpu(const at::Tensor& x, const at::Tensor& w1, const at::Tens
   return y;
 }
 
+at::Tensor se_excite_cpu(const at::Tensor& sums, int64_t hw, const at::Tensor& w1, const at::Tensor& b1,
+                         const at::Tensor& w2, const at::Tensor& b2) {
+  const char* op = "se_excite";
+  TORCH_CHECK(sums.dim() == 2, op, ": sums must be 2-D [N, C], got ", sums.dim(), "-D");
+  TORCH_CHECK(sums.device().is_cpu(), op, ": sums must be a CPU tensor, got ", sums.device());
+  TORCH_CHECK(sums.scalar_type() == at::kFloat, op, ": sums must be float32, got ", sums.scalar_type());
+  TORCH_CHECK(hw >= 1, op, ": hw (pixels the sums are over) must be >= 1, got ", hw);
+  const int64_t n = sums.size(0), c = sums.size(1);
+  const SeWeights weights = se_weights(op, sums, c, w1, b1, w2, b2);
+  const at::Tensor sums32 = sums.contiguous();
+  at::Tensor gate = new_output(sums, {n, c}, at::kFloat);
+  if (gate.numel() == 0) return gate;
+  SeProblem p{};
+  p.dtype = at::kFloat;
+  p.n = n, p.c = c, p.h = hw, p.w = 1;
+  p.sums = sums32.const_data_ptr<float>();
+  set_se_weights(p, weights);
+  p.gate = gate.mutable_data_ptr<float>();
+  selected_kernels().se_excite(p);
+  return gate;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(regnet_kernels, CPU, m) {
@@ -530,6 +570,7 @@ TORCH_LIBRARY_IMPL(regnet_kernels, CPU, m) {
   m.impl("conv1x1_conv_bn_act_sums", &conv1x1_conv_bn_act_sums_cpu);
   m.impl("gated_conv1x1", &gated_conv1x1_cpu);
   m.impl("se_gate", &se_gate_cpu);
+  m.impl("se_excite", &se_excite_cpu);
   m.impl("channel_sums", &channel_sums_cpu);
 }
 

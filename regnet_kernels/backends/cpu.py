@@ -307,6 +307,21 @@ def se_run(x, w1, b1, w2, b2, residual, relu, sums):
     return native_call("se_gate")(x, w1, b1, w2, b2, residual, relu, sums)
 
 
+def excite_supports(*, x, hw, w1, b1, w2, b2, forced=False) -> List[str]:
+    """x: the sums [N, C] (fp32; float64 is the eager reference's)."""
+    reasons = _common_reasons(x)
+    for name, t in (("w1", w1), ("b1", b1), ("w2", w2), ("b2", b2)):
+        if t.dtype != torch.float32:
+            reasons.append(f"cpu: {name} dtype {t.dtype} not supported (float32: the SE runs in fp32)")
+    return reasons
+
+
+def excite_run(sums, hw, w1, b1, w2, b2):
+    if not torch.compiler.is_compiling():  # as se_run
+        w2 = fc_by_input(w2)
+    return native_call("se_excite")(sums, hw, w1, b1, w2, b2)
+
+
 def gated_supports(*, x, gate, weight, bias=None, residual=None, relu=True, forced=False) -> List[str]:
     return _common_reasons(x, (("residual", residual),))
 
@@ -338,5 +353,6 @@ dispatch.register("conv_bn_act", NAME, conv_supports, conv_run, into_residual=co
                   bind=conv_bind)
 dispatch.register("conv1x1_conv_bn_act", NAME, pair_supports, pair_run, bind=pair_bind)
 dispatch.register("se_gate", NAME, se_supports, se_run)
+dispatch.register("se_excite", NAME, excite_supports, excite_run)
 dispatch.register("gated_conv1x1", NAME, gated_supports, gated_run, separate_gate_pass=separate_gate_pass,
                   measure_gate_in_se=measure_gate_in_se)

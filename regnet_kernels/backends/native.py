@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 
 from .. import _ext
-from ..ops.checks import check_conv, check_conv1x1_conv, check_gated_conv1x1, empty_like_layout
+from ..ops.checks import check_conv, check_conv1x1_conv, check_gated_conv1x1, check_se_excite, empty_like_layout
 
 EXT = _ext.load()
 NAMESPACE = "regnet_kernels"
@@ -72,6 +72,11 @@ if EXT is not None:
     @torch.library.register_fake(f"{NAMESPACE}::se_gate")
     def _se_gate_fake(x, w1, b1, w2, b2, residual, relu, sums):
         return empty_like_layout(x, x.shape)
+
+    @torch.library.register_fake(f"{NAMESPACE}::se_excite")
+    def _se_excite_fake(sums, hw, w1, b1, w2, b2):
+        check_se_excite(sums, hw, w1, b1, w2, b2)
+        return sums.new_empty(sums.shape, dtype=torch.float32)
 
     @torch.library.register_fake(f"{NAMESPACE}::gated_conv1x1")
     def _gated_conv1x1_fake(x, gate, weight, bias, residual, relu):

@@ -126,15 +126,28 @@ def as_matrix(name: str, w, rows: Optional[int], cols: Optional[int], like: Opti
     return fc_matrix(w)
 
 
+def _check_se_weights(c: int, w1, b1, w2, b2, like: Tensor) -> None:
+    """The SE MLP's weights for C channels (w1, w2 as FC or 1x1 conv weights)."""
+    c_se, _ = check_fc_weight("w1", w1, None, c, like=like)
+    check_fc_weight("w2", w2, c, c_se, like=like)
+    check_tensor("b1", b1, shape=(c_se,), like=like)
+    check_tensor("b2", b2, shape=(c,), like=like)
+
+
+def check_se_excite(sums, hw, w1, b1, w2, b2) -> None:
+    """Validate se_excite's arguments: fp32 (or float64) sums [N, C] over hw >= 1 pixels."""
+    check_tensor("sums", sums, dim=2, dtypes=(torch.float32, torch.float64))
+    if isinstance(hw, bool) or not isinstance(hw, int) or hw < 1:
+        fail("hw", "an integer >= 1 (the pixels the sums are over)", hw)
+    _check_se_weights(sums.shape[1], w1, b1, w2, b2, sums)
+
+
 def check_se(x, w1, b1, w2, b2, residual, sums) -> None:
     """Validate se_gate's arguments (w1, w2 as FC or 1x1 conv weights). Runs on every public
     se_gate call, which takes ~20 us in all at batch 1: kept lean."""
     check_tensor("x", x, dim=4)
     n, c = x.shape[0], x.shape[1]
-    c_se, _ = check_fc_weight("w1", w1, None, c, like=x)
-    check_fc_weight("w2", w2, c, c_se, like=x)
-    check_tensor("b1", b1, shape=(c_se,), like=x)
-    check_tensor("b2", b2, shape=(c,), like=x)
+    _check_se_weights(c, w1, b1, w2, b2, x)
     if residual is not None:
         check_tensor("residual", residual, shape=x.shape, like=x)
         check_same_dtype("residual", residual, x)

@@ -16,14 +16,29 @@ from torch import Tensor
 
 from .. import dispatch
 from ._eager import eager_supports, epilogue
-from .checks import check_se, fc_matrix
+from .checks import check_se, check_se_excite, fc_matrix
 
 OP = "se_gate"
+EXCITE_OP = "se_excite"
 
 
-def se_excite(sums: Tensor, hw: int, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor) -> Tensor:
-    """K3, the SE MLP on [N, C] sums of a map of hw pixels: fp32 gate [N, C] (float64 for float64).
-    w1, w2: FC weights or 1x1 conv weights."""
+def se_excite(sums: Tensor, hw: int, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor, *,
+              backend: Optional[str] = None) -> Tensor:
+    """K3, the SE MLP on fp32 [N, C] sums of a map of hw pixels: fp32 gate [N, C] (float64 for
+    float64 sums). w1: [C_se, C], w2: [C, C_se] (FC weights, or 1x1 conv weights)."""
+    run = resolve_excite(sums, hw, w1, b1, w2, b2, backend)
+    return run(sums, hw, w1, b1, w2, b2)
+
+
+def resolve_excite(sums, hw, w1, b1, w2, b2, backend):
+    """Check se_excite's arguments and pick the backend (dispatch's `x` is the sums): its
+    implementation."""
+    check_se_excite(sums, hw, w1, b1, w2, b2)
+    _, run = dispatch.select(EXCITE_OP, backend, x=sums, hw=hw, w1=w1, b1=b1, w2=w2, b2=b2)
+    return run
+
+
+def se_excite_eager(sums, hw, w1, b1, w2, b2):
     acc = torch.float64 if sums.dtype == torch.float64 else torch.float32
     mean = sums.to(acc) / hw
     hidden = torch.relu(F.linear(mean, fc_matrix(w1).to(acc), b1.to(acc)))
@@ -66,9 +81,10 @@ def se_gate_eager(x, w1, b1, w2, b2, residual, relu, sums):
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
     if sums is None:
         sums = x.sum((2, 3), dtype=acc)
-    gate = se_excite(sums, x.shape[2] * x.shape[3], w1, b1, w2, b2)
+    gate = se_excite_eager(sums, x.shape[2] * x.shape[3], w1, b1, w2, b2)
     y = x * gate.to(x.dtype)[:, :, None, None]
     return epilogue(y, residual, relu)
 
 
 dispatch.register(OP, "eager", eager_supports, se_gate_eager)
+dispatch.register(EXCITE_OP, "eager", eager_supports, se_excite_eager)
