@@ -268,12 +268,15 @@ def test_derived_weights_made_in_a_forward_are_not_pooled():
     with torch.no_grad():
         for _ in range(SETTLE_CALLS + 2):
             fast(x)
-    assert stats()["in_use_bytes"] == before
+    # Not more in use than before (it may be less: earlier tests leave stale records of blocks that
+    # c10's allocator freed behind the pool's back, dropped from the count when malloc hands their
+    # address out again, which under ASan's allocator happened during this loop).
+    assert stats()["in_use_bytes"] <= before
     with memory.pooled_cpu_memory() as pooled:
         if not pooled:
             pytest.skip("the pool could not be installed here")
         misses = stats()["misses"]
         with memory.unpooled():
             big = torch.empty(1 << 20)
-        assert stats()["in_use_bytes"] == before and stats()["misses"] == misses
+        assert stats()["in_use_bytes"] <= before and stats()["misses"] == misses
         del big
