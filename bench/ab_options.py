@@ -5,6 +5,7 @@ without it, timed in interleaved rounds (this VM's drift hits both alike), media
 
 Options (what "off" does to the copy's blocks):
   one_op_front  K1 and K2 run as two ops; on: as conv1x1_conv_bn_act where the block times it faster
+  whole_x_block X blocks run as their ops; on: as x_block (one op) where the block times it faster
   native_k3     K3 runs as the eager reference's ATen ops; on: the se_excite op of the chosen backend
 Prints each model's relative error against the original and, per block, the choices made.
 """
@@ -28,6 +29,10 @@ def _two_ops(block):
     block._bind_front = lambda x, channel_sums: []
 
 
+def _block_ops(block):
+    block._bind_whole = lambda x: []
+
+
 def _eager_k3(block):
     if isinstance(block, FusedYBlock):
         def excite(self, sums, y):
@@ -36,14 +41,16 @@ def _eager_k3(block):
         block._excite = types.MethodType(excite, block)
 
 
-OFF = {"one_op_front": _two_ops, "native_k3": _eager_k3}
+OFF = {"one_op_front": _two_ops, "whole_x_block": _block_ops, "native_k3": _eager_k3}
 
 
 def choices(model):
     blocks = [b for b in model.modules() if isinstance(b, FusedXBlock)]
     one_op = [int(v) for b in blocks for v in b.front_trials.chosen.values()]
+    whole = [int(v) for b in blocks for v in b.whole_trials.chosen.values()]
     in_se = [int(v) for b in blocks if isinstance(b, FusedYBlock) for v in b.gate_in_se.values()]
-    return f"one op kept {sum(one_op)}/{len(blocks)} blocks, gate in SE {sum(in_se)}/{len(in_se)}"
+    return (f"K1+K2 as one op in {sum(one_op)}/{len(blocks)} blocks, whole X block in {sum(whole)}, "
+            f"gate in SE {sum(in_se)}/{len(in_se)}")
 
 
 def main():

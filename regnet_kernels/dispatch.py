@@ -31,6 +31,8 @@ backend has them (``extra(op, backend, name)``), so modules never name a backend
     conv1x1_conv_bn_act  bind(*args of run) -> run(x, w1, b1, w2, b2): as conv_bn_act's; a fused
                    block offers the op (K1 and K2 in one) only on backends that have it, and
                    times it against its two convs
+    x_block        bind(*args of run) -> run(x, w1, b1, w2, b2, w3, b3, residual): likewise, for a
+                   whole X block, timed against the block's ops
     gated_conv1x1  separate_gate_pass(x, weight, residual) -> bool: whether the gating costs a
                        pass of its own on these arguments (then the SE op should gate instead)
                    measure_gate_in_se(x, weight, residual) -> bool: whether gating in the SE op
@@ -61,7 +63,7 @@ class BackendUnavailable(RuntimeError):
     """A forced backend cannot run the given arguments; the message lists why."""
 
 
-EXTRAS = {"conv_bn_act": ("bind", "into_residual", "routes"), "conv1x1_conv_bn_act": ("bind",),
+EXTRAS = {"conv_bn_act": ("bind", "into_residual", "routes"), "conv1x1_conv_bn_act": ("bind",), "x_block": ("bind",),
           "gated_conv1x1": ("separate_gate_pass", "measure_gate_in_se")}
 
 

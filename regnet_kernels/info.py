@@ -27,6 +27,8 @@ def _sample_args(device: str, dtype: torch.dtype, channels_last: bool = True):
         "conv_bn_act (1x1)": ("conv_bn_act", {**conv, "weight": w1, "padding": 0, "groups": 1, "channel_sums": False}),
         "conv1x1_conv_bn_act (K1 + K2 + sums)": ("conv1x1_conv_bn_act", dict(
             x=x, w1=w1, b1=b, w2=w3, b2=b, stride=1, padding=1, groups=26, relu=True, channel_sums=True)),
+        "x_block (a whole X block)": ("x_block", dict(x=x, w1=w1, b1=b, w2=w3, b2=b, w3=w1, b3=b, residual=x,
+                                                      stride=1, padding=1, groups=26)),
         "se_excite (K3, on the sums)": ("se_excite", dict(x=x.float().sum((2, 3)), hw=14 * 14, w1=se_w1.float(),
                                                           b1=se_b1.float(), w2=se_w2.float(), b2=se_b2.float())),
         "se_gate (+ residual + ReLU)": ("se_gate", dict(x=x, w1=se_w1, b1=se_b1, w2=se_w2, b2=se_b2, residual=x,

@@ -7,7 +7,9 @@ Schedule (../shared/DESIGN.md section 1), each line one op of regnet_kernels:
     K4  y = gated_conv1x1(b, gate) + bias + shortcut + ReLU    (X: conv_bn_act 1x1 + residual)
 The projection shortcut (1x1 stride s) is one more conv_bn_act whose output K4 adds. Where the
 backend has it (cpu), K1 and K2 may run as one op, conv1x1_conv_bn_act, which computes K1's
-rows where K2 reads them and never stores K1's output; blocks time it against the two ops.
+rows where K2 reads them and never stores K1's output; blocks time it against the two ops. An X
+block may also run whole as one op, x_block (K2's output is not stored either), timed against
+its ops once those have settled.
 
 On the cpu backend with fp32/bf16 channels-last activations each conv runs oneDNN (prepacked
 weights, fused bias/ReLU/residual; K2's sums then a separate channel_sums pass) or our kernel,
@@ -34,9 +36,10 @@ from .dispatch import signature
 from .ops import conv1x1_conv_bn_act as pair_op
 from .ops import conv_bn_act as conv_op
 from .ops import gated_conv1x1 as gated_op
+from .ops import x_block as x_block_op
 from .ops import se_gate as se_gate_op
 from .ops.fold_bn import fold_bn
-from .ops.checks import fc_matrix
+from .ops.checks import check_conv, empty_like_layout, fc_matrix
 from .memory import pooled_cpu_memory
 from .trials import Trials
 
@@ -152,8 +155,9 @@ class _ResolvedOps:
 # blocks run their plans: a Y block's first call, its two schedules (1 + TRIALS runs each); the
 # convs of the schedule it keeps have had half their route trials by then (2 * (1 + TRIALS) runs
 # in all); then K1 and K2 as two ops or one (1 + TRIALS runs each); the plan is made on the call
-# after and used from the next.
-SETTLE_CALLS = 1 + 2 * (1 + Trials.TRIALS) + (1 + Trials.TRIALS) + 2 * (1 + Trials.TRIALS) + 1
+# after and used from the next (an X block then times itself whole against those ops: 2 * (1 +
+# TRIALS) more calls).
+SETTLE_CALLS = 1 + 2 * (1 + Trials.TRIALS) + (1 + Trials.TRIALS) + 2 * (1 + Trials.TRIALS) + 2 * (1 + Trials.TRIALS) + 1
 
 
 class FusedConv(nn.Module):
@@ -272,6 +276,8 @@ class FusedXBlock(_Planned):
         self.backend = backend
         self.front_resolved = _ResolvedOps()  # input signature -> [bound conv1x1_conv_bn_act] or []
         self.front_trials = Trials()  # options: 0 K1 and K2 as two ops, 1 as one
+        self.whole_resolved = _ResolvedOps()  # input signature -> [bound x_block] or []
+        self.whole_trials = Trials()  # options: 0 the block's ops, 1 x_block
 
     def shortcut(self, x: Tensor) -> Tensor:
         return x if self.proj is None else self.proj(x, relu=False, backend=self.backend)
@@ -336,7 +342,49 @@ class FusedXBlock(_Planned):
         return k4(front(x), s)
 
     def _run_ops(self, x: Tensor) -> Tensor:
+        if torch.compiler.is_compiling():
+            return self._ops(x)
+        _stash(self, "last_whole", None)
+        key = signature(x, flags=(self.backend,))
+        whole = self.whole_resolved.get(key, lambda: self._bind_whole(x))
+        trials = self.whole_trials
+        if not whole or _has_hooks(self.a) or _has_hooks(self.b) or _has_hooks(self.c) or (
+                key not in trials.chosen and key not in trials.samples):
+            y = self._ops(x)
+            settled = self._ops_plan() is not None
+            if not whole:
+                _stash(self, "last_whole", "ops" if settled else None)
+            elif settled:  # time the block whole against its ops once their own choices are made
+                trials.begin(key, 2)
+            return y
+        options = (self._ops, lambda t: whole[0](t, self.shortcut(t)))
+        y, settled = trials.run(key, options, x)
+        if settled is not None:
+            _stash(self, "last_whole", "ops" if settled is options[0] else whole[0])
+        return y
+
+    def _ops(self, x: Tensor) -> Tensor:
         return self._schedule(x, self.shortcut, self.front, self.k4)
+
+    def _bind_whole(self, x: Tensor):
+        """[run(x, shortcut)]: x_block of this block bound for this signature, weights read from the
+        convs on every call; [] where the chosen backend has no bound form of it."""
+        a, b, c = self.a, self.b, self.c
+        residual = x
+        if self.proj is not None:  # a stand-in of the projection's output (its layout is x's)
+            _, shape = check_conv(x, self.proj.weight, None, self.proj.stride, None, 1, None)
+            residual = empty_like_layout(x, shape)
+        try:
+            padding, name, _ = x_block_op.resolve(x, a.weight, a.bias, b.weight, b.bias, c.weight, c.bias, residual,
+                                                  b.stride, None, b.groups, self.backend)
+        except dispatch.BackendUnavailable:  # a forced backend without the op
+            return []
+        bind = dispatch.extra(x_block_op.OP, name, "bind")
+        if bind is None:
+            return []
+        run = bind(x, a.weight, a.bias, b.weight, b.bias, c.weight, c.bias, residual, b.stride, padding, b.groups)
+        ab, bb, cb = a._buffers, b._buffers, c._buffers
+        return [lambda x, r: run(x, ab["weight"], ab["bias"], bb["weight"], bb["bias"], cb["weight"], cb["bias"], r)]
 
     def _bound_shortcut_front(self):
         """(shortcut, front): the settled calls of this thread's last call, as run(x), or None if
@@ -355,7 +403,21 @@ class FusedXBlock(_Planned):
         return shortcut, front
 
     def _make_plan(self):
-        """The last call as a plan, if each of its ops ran a settled bound call."""
+        """The last call as a plan: the block whole (x_block) if that was kept, else its ops if
+        each ran a settled bound call."""
+        whole = _stashed(self, "last_whole")
+        if whole is None:
+            return None
+        if whole == "ops":
+            return self._ops_plan()
+        kp = _stashed(self.proj, "last_run") if self.proj is not None else None
+        if self.proj is not None and kp is None:
+            return None
+        shortcut = (lambda x: x) if self.proj is None else _bound(self.proj, kp)
+        return lambda x: whole(x, shortcut(x))
+
+    def _ops_plan(self):
+        """The block's ops as a plan, if each ran a settled bound call on this thread's last call."""
         bound = self._bound_shortcut_front()
         kc = _stashed(self.c, "last_run")
         if bound is None or kc is None:

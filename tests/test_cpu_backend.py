@@ -265,6 +265,41 @@ def test_conv1x1_conv_pair_chunks_split_between_threads(threads, case):
         torch.set_num_threads(before)
 
 
+def x_block_inputs(case, dtype, channels_last=True, noncontig=False, c_out=None):
+    """pair_inputs plus K4 (a 1x1 to c_out channels, default C_mid) and the residual."""
+    (x, w1, b1, w2, b2), kw = pair_inputs(case, dtype, channels_last, noncontig)
+    n, _, c_mid, h, w, k, stride, _ = case
+    c_out = c_out or c_mid
+    pad = (k - 1) // 2
+    out = (n, c_out, (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1)
+    w3 = randn(c_out, c_mid, 1, 1, dtype=dtype) * c_mid ** -0.5
+    residual = random_tensor(out, dtype, channels_last, noncontig, GEN)
+    return (x, w1, b1, w2, b2, w3, randn(c_out, dtype=dtype), residual), kw
+
+
+@pytest.mark.parametrize("layout,dtype", PAIR_VARIANTS, ids=("fp32", "fp32_strided", "bf16", "fp16"))
+@pytest.mark.parametrize("case", PAIR_CASES, ids=str)
+def test_x_block(case, layout, dtype):
+    """A whole X block in one op (K1 rows, K2 rows of all channels, K4 with the residual) vs
+    float64; every other case maps to a different output width."""
+    i = PAIR_CASES.index(case)
+    args, kw = x_block_inputs(case, dtype, *layout, c_out=case[2] + 8 * (i % 2))
+    check_against_reference(rk.x_block, args, kw, dtype, f"{case} {dtype}")
+
+
+@pytest.mark.parametrize("threads", (3, 4))
+def test_x_block_rows_split_between_threads(threads):
+    """Rows are x_block's only work items: maps of a few rows on more threads than rows fit evenly."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for case in ((1, 32, 96, 5, 5, 3, 1, 48), (2, 24, 64, 7, 3, 3, 2, 16)):
+            args, kw = x_block_inputs(case, torch.float32)
+            check_against_reference(rk.x_block, args, kw, torch.float32, f"{case} on {threads} threads")
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_conv1x1_conv_pair_refuses_nchw():
     args, kw = pair_inputs(PAIR_CASES[0], torch.float32, channels_last=False)
     full = dict(x=args[0], w1=args[1], b1=args[2], w2=args[3], b2=args[4], padding=1, relu=True,
@@ -462,6 +497,16 @@ BAD_RAW_CALLS = {
     "excite w1 shape": lambda: OPS.se_excite(randn(1, 8), 4, randn(2, 7), randn(2), randn(8, 2), randn(8)),
     "excite w2 shape": lambda: OPS.se_excite(randn(1, 8), 4, randn(2, 8), randn(2), randn(8, 3), randn(8)),
     "excite b2 shape": lambda: OPS.se_excite(randn(1, 8), 4, randn(2, 8), randn(2), randn(8, 2), randn(7)),
+    "x_block w3 3x3": lambda: OPS.x_block(_cl(1, 8, 5, 5), randn(8, 8, 1, 1), None, randn(8, 4, 3, 3), None, 1, 1, 2,
+                                          randn(8, 8, 3, 3), None, _cl(1, 8, 5, 5)),
+    "x_block w3 channels": lambda: OPS.x_block(_cl(1, 8, 5, 5), randn(8, 8, 1, 1), None, randn(8, 4, 3, 3), None, 1,
+                                               1, 2, randn(8, 6, 1, 1), None, _cl(1, 8, 5, 5)),
+    "x_block residual shape": lambda: OPS.x_block(_cl(1, 8, 5, 5), randn(8, 8, 1, 1), None, randn(8, 4, 3, 3), None,
+                                                  2, 1, 2, randn(8, 8, 1, 1), None, _cl(1, 8, 5, 5)),
+    "x_block residual NCHW": lambda: OPS.x_block(_cl(1, 8, 5, 5), randn(8, 8, 1, 1), None, randn(8, 4, 3, 3), None,
+                                                 1, 1, 2, randn(8, 8, 1, 1), None, randn(1, 8, 5, 5)),
+    "x_block b3 shape": lambda: OPS.x_block(_cl(1, 8, 5, 5), randn(8, 8, 1, 1), None, randn(8, 4, 3, 3), None, 1, 1,
+                                            2, randn(8, 8, 1, 1), randn(7), _cl(1, 8, 5, 5)),
     "gated gate shape": lambda: OPS.gated_conv1x1(_cl(1, 8, 4, 4), randn(1, 7), randn(4, 8), None, None, True),
     "gated weight shape": lambda: OPS.gated_conv1x1(_cl(1, 8, 4, 4), randn(1, 8), randn(4, 7), None, None, True),
 }
@@ -482,6 +527,8 @@ def test_opcheck():
         "se_gate": (x, randn(4, 16), randn(4), randn(16, 4), randn(16), _cl(2, 16, 5, 6), True, None),
         "gated_conv1x1": (x, torch.rand(2, 16), randn(24, 16), b[:8].repeat(3), None, False),
         "se_excite": (randn(2, 16).abs() * 30, 30, randn(4, 16), randn(4), randn(16, 4), randn(16)),
+        "x_block": (x, randn(24, 16, 1, 1), randn(24), randn(24, 8, 3, 3), randn(24), 2, 1, 3, randn(16, 24, 1, 1),
+                    None, _cl(2, 16, 3, 3)),
         "conv1x1_conv_bn_act": (x, randn(24, 16, 1, 1), randn(24), randn(24, 8, 3, 3), randn(24), 2, 1, 3, True),
         "conv1x1_conv_bn_act_sums": (x, randn(24, 16, 1, 1), None, randn(24, 8, 3, 3), randn(24), 1, 1, 3, False),
     }

@@ -118,6 +118,23 @@ def test_conv1x1_conv_bn_act_bad_input(mutate, match):
         rk.conv1x1_conv_bn_act(args.pop("x"), args.pop("w1"), args.pop("b1"), args.pop("w2"), args.pop("b2"), **args)
 
 
+@pytest.mark.parametrize("mutate,match", [
+    (lambda a: {**a, "w3": torch.randn(16, 16, 3, 3)}, "w3: expected a 1x1 kernel"),
+    (lambda a: {**a, "w3": torch.randn(16, 15, 1, 1)}, "w3: expected shape .* for w2's output with 16 channels"),
+    (lambda a: {**a, "b3": torch.randn(3)}, "b3: expected shape"),
+    (lambda a: {**a, "residual": torch.randn(2, 16, 6, 6)}, "residual: expected shape"),
+    (lambda a: {**a, "residual": torch.randn(2, 16, 7, 7, dtype=torch.float64)}, "residual: expected dtype"),
+    (lambda a: {**a, "w2": torch.randn(16, 4, 3, 3)}, "w2: expected shape"),
+])
+def test_x_block_bad_input(mutate, match):
+    a = _pair_args()
+    a.update(w3=torch.randn(16, 16, 1, 1), b3=torch.randn(16), residual=random_tensor((2, 16, 7, 7)))
+    a = mutate(a)
+    with pytest.raises(ValueError, match=match):
+        rk.x_block(a["x"], a["w1"], a["b1"], a["w2"], a["b2"], a["w3"], a["b3"], a["residual"], stride=a["stride"],
+                   groups=a["groups"])
+
+
 def test_conv1x1_conv_bn_act_eager_is_the_two_convs():
     """The pair's reference is conv_bn_act's twice (K1 with ReLU), in float64."""
     a = {k: v.double() if isinstance(v, torch.Tensor) else v for k, v in _pair_args().items()}
@@ -189,6 +206,10 @@ def _sample_args(op):
     if op == "conv1x1_conv_bn_act":
         return dict(x=x, w1=torch.randn(16, 16, 1, 1), b1=torch.randn(16), w2=torch.randn(16, 8, 3, 3),
                     b2=torch.randn(16), stride=1, padding=1, groups=2, relu=True, channel_sums=False)
+    if op == "x_block":
+        return dict(x=x, w1=torch.randn(16, 16, 1, 1), b1=torch.randn(16), w2=torch.randn(16, 8, 3, 3),
+                    b2=torch.randn(16), w3=torch.randn(16, 16, 1, 1), b3=torch.randn(16), residual=x, stride=1,
+                    padding=1, groups=2)
     if op == "se_excite":
         return dict(x=x.sum((2, 3)), hw=49, w1=torch.randn(4, 16), b1=torch.randn(4), w2=torch.randn(16, 4),
                     b2=torch.randn(16))
@@ -199,7 +220,8 @@ def _sample_args(op):
                 relu=True)
 
 
-@pytest.mark.parametrize("op", ["conv_bn_act", "conv1x1_conv_bn_act", "se_excite", "se_gate", "gated_conv1x1"])
+@pytest.mark.parametrize("op", ["conv_bn_act", "conv1x1_conv_bn_act", "x_block", "se_excite", "se_gate",
+                                "gated_conv1x1"])
 def test_auto_device_prefilter_agrees_with_each_backends_own_verdict(op):
     """select() skips backends whose AUTO_DEVICES exclude x's device without asking them: that
     must be exactly what their supports() would say (else auto would miss a backend that can serve)."""

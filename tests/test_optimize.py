@@ -169,48 +169,93 @@ def test_block_times_k4_into_the_shortcut_and_keeps_the_faster(faster, monkeypat
     assert all(set(conv.route_trials.chosen.values()) == {faster} for conv in (fused.a, fused.b, fused.c, fused.proj))
 
 
-@pytest.mark.parametrize("one_op_faster", (False, True), ids=("two_ops_faster", "one_op_faster"))
-def test_blocks_time_k1_and_k2_as_one_op_and_keep_the_faster(one_op_faster, monkeypatch):
-    """Where the backend has conv1x1_conv_bn_act, a block (X and Y) times K1 and K2 as two ops
-    against one, once the two convs have settled their routes (a fake clock: each conv route
-    costs 1 or 10, the one op 0.5 or 100), keeps the faster, and plans with it: settled calls
-    run the one op exactly when it was kept. Outputs match the float64 block on every call."""
+def _timed_extra(monkeypatch, op, name, cost, runs, now):
+    """Wrap the cpu backend's `bind` extra of `op` so each run logs `name` and costs `cost` on the
+    fake clock (its `now` list)."""
     from regnet_kernels import dispatch
+
+    extras = dispatch._REGISTRY[op]["cpu"].extras
+    bind = extras["bind"]
+
+    def timed_bind(*args):
+        run = bind(*args)
+
+        def timed_run(*call_args):
+            runs.append(name)
+            now.append(cost)
+            return run(*call_args)
+        return timed_run
+    monkeypatch.setitem(extras, "bind", timed_bind)
+
+
+def _settle_on_fake_clock(monkeypatch, pair_cost, whole_cost):
+    """A fake clock for every timed choice of a block: conv routes cost 1 (ours) or 10, the one-op
+    K1 + K2 `pair_cost`, the whole X block `whole_cost`. Returns (runs, set_clocks(block))."""
     from regnet_kernels.backends import cpu as cpu_backend
 
     clock, runs = fake_timed_routes(monkeypatch, cpu_backend, 1)
     now = []
-    pair_bind = cpu_backend.pair_bind
-
-    def timed_pair_bind(*args):
-        run = pair_bind(*args)
-
-        def timed_run(*call_args):
-            runs.append("pair")
-            now.append(0.5 if one_op_faster else 100.0)
-            return run(*call_args)
-        return timed_run
-    monkeypatch.setitem(dispatch._REGISTRY["conv1x1_conv_bn_act"]["cpu"].extras, "bind", timed_pair_bind)
+    _timed_extra(monkeypatch, "conv1x1_conv_bn_act", "pair", pair_cost, runs, now)
+    _timed_extra(monkeypatch, "x_block", "whole", whole_cost, runs, now)
     fake_now = lambda: clock() + sum(now)  # noqa: E731
-    for name, cls in (("regnetx_002", FusedXBlock), ("regnety_002", FusedYBlock)):
-        block = next(_randomize_bn(regnet.create_model(name)).s2.children())
-        fused = cls(block, torch.float32).eval()
-        fused.front_trials.clock = fake_now
-        if cls is FusedYBlock:
+
+    def set_clocks(fused):
+        fused.front_trials.clock = fused.whole_trials.clock = fake_now
+        if isinstance(fused, FusedYBlock):
             fused.schedule_trials.clock = fake_now
         for conv in (fused.a, fused.b, fused.c, fused.proj):
             conv.route_trials.clock = fake_now
-        x = torch.randn(2, block.f.a.in_channels, 12, 12).to(memory_format=torch.channels_last)
-        with torch.no_grad():
-            ref = copy.deepcopy(block).double()(x.double())
-            for _ in range(SETTLE_CALLS + 2):
-                assert rel_err(fused(x), ref) <= 1e-5, name
-            assert fused.plans, f"{name}: no plan once settled"
-            assert list(fused.front_trials.chosen.values()) == [int(one_op_faster)], name
-            runs.clear()
-            for _ in range(3):
-                assert rel_err(fused(x), ref) <= 1e-5, name
-        assert runs.count("pair") == (3 if one_op_faster else 0), (name, runs)
+    return runs, set_clocks
+
+
+def _settled_block(name, set_clocks, runs):
+    """The first block of stage 2 of `name`, fused, settled on the fake clock with every output
+    checked against float64; then `runs` holds only the 3 settled calls' runs."""
+    block = next(_randomize_bn(regnet.create_model(name)).s2.children())
+    cls = FusedYBlock if block.f.se is not None else FusedXBlock
+    fused = cls(block, torch.float32).eval()
+    set_clocks(fused)
+    x = torch.randn(2, block.f.a.in_channels, 12, 12).to(memory_format=torch.channels_last)
+    with torch.no_grad():
+        ref = copy.deepcopy(block).double()(x.double())
+        for _ in range(SETTLE_CALLS + 2):
+            assert rel_err(fused(x), ref) <= 1e-5, name
+        assert fused.plans, f"{name}: no plan once settled"
+        runs.clear()
+        for _ in range(3):
+            assert rel_err(fused(x), ref) <= 1e-5, name
+    return fused
+
+
+@pytest.mark.parametrize("one_op_faster", (False, True), ids=("two_ops_faster", "one_op_faster"))
+def test_blocks_time_k1_and_k2_as_one_op_and_keep_the_faster(one_op_faster, monkeypatch):
+    """Where the backend has conv1x1_conv_bn_act, a block (X and Y) times K1 and K2 as two ops
+    against one, once the two convs have settled their routes (a fake clock: each conv route
+    costs 1 or 10, the one op 0.5 or 100; the whole X block 1000), keeps the faster, and plans
+    with it: settled calls run the one op exactly when it was kept. Outputs match the float64
+    block on every call."""
+    runs, set_clocks = _settle_on_fake_clock(monkeypatch, 0.5 if one_op_faster else 100.0, 1000.0)
+    for name in ("regnetx_002", "regnety_002"):
+        fused = _settled_block(name, set_clocks, runs)
+        assert list(fused.front_trials.chosen.values()) == [int(one_op_faster)], name
+        assert runs.count("pair") == (3 if one_op_faster else 0) and "whole" not in runs, (name, runs)
+
+
+@pytest.mark.parametrize("whole_faster", (False, True), ids=("ops_faster", "whole_faster"))
+def test_x_blocks_time_themselves_whole_and_keep_the_faster(whole_faster, monkeypatch):
+    """An X block times x_block (the whole block in one op) against its settled ops (fake clock:
+    the ops cost at least 1.5, x_block 0.1 or 1000), keeps the faster and plans with it: settled
+    calls run x_block and nothing else of the block's but the projection exactly when it was
+    kept. Y blocks never offer it. Outputs match the float64 block on every call."""
+    runs, set_clocks = _settle_on_fake_clock(monkeypatch, 0.5, 0.1 if whole_faster else 1000.0)
+    fused = _settled_block("regnetx_002", set_clocks, runs)
+    assert list(fused.whole_trials.chosen.values()) == [int(whole_faster)]
+    if whole_faster:  # the projection (a conv route) and x_block, per call
+        assert runs.count("whole") == 3 and "pair" not in runs and len(runs) == 6, runs
+    else:
+        assert "whole" not in runs and runs.count("pair") == 3, runs
+    fused = _settled_block("regnety_002", set_clocks, runs)
+    assert "whole" not in runs and not fused.whole_trials.chosen and not fused.whole_trials.samples
 
 
 def test_blocks_run_plans_once_settled_and_drop_them_when_moved():

@@ -24,6 +24,10 @@ struct ConvProblem {
   // n, c_in, h, w are pre's output sizes), computed in fp32 as the rows are needed and never
   // rounded or stored: K1's output stays in the thread's row buffers.
   const struct ConvProblem* pre;
+  // When set, this conv's output is not stored: each output row, after bias and ReLU, is the fp32
+  // input row of post (a 1x1, stride 1, unpadded: K4), whose residual, ReLU and y are post's own.
+  // Needs rows whole (all channels), so rows are the only work items.
+  const struct ConvProblem* post;
   const void* x;
   int64_t n, c_in, h, w;
   int64_t x_sn, x_sh, x_sw;  // element strides; the channel stride is 1

@@ -186,6 +186,31 @@ void pack_input_row(const ConvProblem& p, const scalar_t* x, int64_t n, int64_t 
   }
 }
 
+// Output blocks [block_lo, block_hi) of a stride-1 unpadded 1x1 conv q (K1 or K4) of one fp32
+// input row (pixel stride ps): each pixel's vector of channels (bias added) goes to
+// store(ow, co, v, count). tile: kMaxPixels x q's block width.
+template <typename Store>
+void conv1x1_row(const ConvProblem& q, const float* row, int64_t ps, int64_t block_lo, int64_t block_hi, float* tile,
+                 const Store& store) {
+  const int64_t vw = q.nv * kLanes, max_px = max_pixels_for(q.nv);
+  const int64_t px_blocks = (q.w_out + max_px - 1) / max_px;
+  Tile t{&row, ps, 0, 1, 1, q.c_in, 0, nullptr, nullptr, tile};
+  for (int64_t block = block_lo; block < block_hi; ++block) {
+    const int64_t co0 = block * vw, valid = std::min(vw, q.c_out - co0);
+    t.w = q.w_packed + block * q.c_in * vw;
+    t.b = q.b_packed + block * vw;
+    for (int64_t pb = 0, ow0 = 0; pb < px_blocks; ++pb) {
+      const int64_t np = (q.w_out - ow0 + (px_blocks - pb) - 1) / (px_blocks - pb);
+      t.in_col0 = ow0;
+      kMicro1x1[q.nv][np](t);
+      for (int64_t i = 0; i < np; ++i)
+        for (int64_t c = 0; c < valid; c += kLanes)
+          store(ow0 + i, co0 + c, Vec::loadu(tile + i * vw + c), std::min(kLanes, valid - c));
+      ow0 += np;
+    }
+  }
+}
+
 // Output channels [c_lo, c_hi) (rounded out to whole blocks) of row (n, ih) of `pre`, an unpadded
 // stride-1 1x1 conv (K1), into dst (pixel stride dst_ps) in fp32, after its bias and ReLU. x_row:
 // scratch for one fp32 input row when pre's x is not fp32 (fp32 is read in place); tile:
@@ -201,33 +226,17 @@ void pre_conv_row(const ConvProblem& pre, int64_t n, int64_t ih, int64_t c_lo, i
   } else {
     pack_input_row(pre, static_cast<const scalar_t*>(pre.x), n, ih, x_row);
   }
-  const int64_t vw = pre.nv * kLanes, max_px = max_pixels_for(pre.nv);
-  const int64_t px_blocks = (pre.w_out + max_px - 1) / max_px;
-  Tile t{&row, ps, 0, 1, 1, pre.c_in, 0, nullptr, nullptr, tile};
-  for (int64_t block = c_lo / vw; block < pre.co_blocks && block * vw < c_hi; ++block) {
-    const int64_t c0 = block * vw, valid = std::min(vw, pre.c_out - c0);
-    t.w = pre.w_packed + block * pre.c_in * vw;
-    t.b = pre.b_packed + block * vw;
-    for (int64_t pb = 0, ow0 = 0; pb < px_blocks; ++pb) {
-      const int64_t np = (pre.w_out - ow0 + (px_blocks - pb) - 1) / (px_blocks - pb);
-      t.in_col0 = ow0;
-      kMicro1x1[pre.nv][np](t);
-      for (int64_t q = 0; q < np; ++q) {
-        float* out = dst + (ow0 + q) * dst_ps + c0;
-        for (int64_t c = 0; c < valid; c += kLanes) {
-          Vec v = Vec::loadu(tile + q * vw + c);
-          if (pre.relu) v = at::vec::maximum(v, Vec(0.f));
-          const int64_t count = std::min(kLanes, valid - c);
-          if (count == kLanes) {
-            v.store(out + c);
-          } else {
-            v.store(out + c, count);
-          }
-        }
-      }
-      ow0 += np;
+  const int64_t vw = pre.nv * kLanes;
+  const int64_t block_hi = std::min(pre.co_blocks, (c_hi + vw - 1) / vw);
+  conv1x1_row(pre, row, ps, c_lo / vw, block_hi, tile, [&](int64_t ow, int64_t co, Vec v, int64_t count) {
+    if (pre.relu) v = at::vec::maximum(v, Vec(0.f));
+    float* out = dst + ow * dst_ps + co;
+    if (count == kLanes) {
+      v.store(out);
+    } else {
+      v.store(out, count);
     }
-  }
+  });
 }
 
 // Residual, ReLU, store and channel sums for `count` channels starting at co of one pixel.
@@ -279,6 +288,18 @@ inline int64_t block_channel(const ConvProblem& p, int64_t block) {
   return (block / p.co_blocks) * p.cout_g + (block % p.co_blocks) * p.nv * kLanes;
 }
 
+// Row (n, oh) of `post`, a stride-1 unpadded 1x1 (K4) whose input row is `row` (fp32, pixel
+// stride row_ps), with its bias, residual, ReLU and store. tile: kMaxPixels x post's block width.
+template <typename scalar_t>
+void post_conv_row(const ConvProblem& post, int64_t n, int64_t oh, const float* row, int64_t row_ps, float* tile) {
+  const auto* res = static_cast<const scalar_t*>(post.residual);
+  const scalar_t* res_row = res ? res + n * post.r_sn + oh * post.r_sh : nullptr;
+  scalar_t* y_row = static_cast<scalar_t*>(post.y) + n * post.y_sn + oh * post.y_sh;
+  conv1x1_row(post, row, row_ps, 0, post.co_blocks, tile, [&](int64_t ow, int64_t co, Vec v, int64_t count) {
+    epilogue(post, v, res_row ? res_row + ow * post.r_sw + co : nullptr, y_row + ow * post.y_sw + co, nullptr, count);
+  });
+}
+
 template <typename scalar_t>
 void conv_typed(const ConvProblem& p) {
   const auto* x = static_cast<const scalar_t*>(p.x);
@@ -293,7 +314,8 @@ void conv_typed(const ConvProblem& p) {
   const int64_t w_block_stride = p.k * p.k * p.cin_g * vw;
   const int64_t rows_out = p.n * p.h_out;
   const int64_t blocks = p.groups * p.co_blocks;
-  const int64_t chunks = balanced_chunks(rows_out, blocks, at::get_num_threads());
+  const ConvProblem* post = p.post;
+  const int64_t chunks = post ? 1 : balanced_chunks(rows_out, blocks, at::get_num_threads());
   const MicroTable& micro = p.k == 3 ? (p.stride == 1 ? kMicro3x3s1 : kMicro3x3) : kMicro1x1;
   // An unpadded fp32 1x1 conv without a gate reads x's rows in place: a copy would only repeat
   // them (x's channel stride is 1, its pixel stride is given to the micro-kernel).
@@ -321,6 +343,8 @@ void conv_typed(const ConvProblem& p) {
     std::vector<float> tile(kMaxPixels * vw);
     std::vector<float> pre_tile(pre ? kMaxPixels * pre->nv * kLanes : 0);
     std::vector<float> pre_x_row(pre && !std::is_same_v<scalar_t, float> ? pre->w * pre->c_in : 0);
+    std::vector<float> post_row(post ? p.w_out * p.c_out : 0);  // this conv's output row, post's input
+    std::vector<float> post_tile(post ? kMaxPixels * post->nv * kLanes : 0);
     const float* zero_row = direct_input ? nullptr : buf.data() + kRowSlots * row_floats;
     // (n * h + ih) * pre_chunks + chunk of the row packed in each slot (chunk: whose channels
     // K1 computed; 0 when all are there)
@@ -372,7 +396,7 @@ void conv_typed(const ConvProblem& p) {
         std::fill(row_sum + block_channel(p, b0), row_sum + end, 0.f);
       }
       const scalar_t* res_row = res ? res + n * p.r_sn + oh * p.r_sh : nullptr;
-      scalar_t* y_row = y + n * p.y_sn + oh * p.y_sh;
+      scalar_t* y_row = post ? nullptr : y + n * p.y_sn + oh * p.y_sh;  // (with post, y is post's)
 
       for (int64_t block = b0; block < b1; ++block) {
         const int64_t g = block / p.co_blocks, cb = block % p.co_blocks;
@@ -388,6 +412,14 @@ void conv_typed(const ConvProblem& p) {
           for (int64_t q = 0; q < np; ++q) {
             const int64_t ow = ow0 + q;
             for (int64_t c = 0; c < valid; c += kLanes) {
+              if (post) {
+                Vec v = Vec::loadu(tile.data() + q * vw + c);
+                if (p.relu) v = at::vec::maximum(v, Vec(0.f));
+                const int64_t count = std::min(kLanes, valid - c);
+                float* out = post_row.data() + ow * p.c_out + co0 + c;
+                if (count == kLanes) v.store(out); else v.store(out, count);
+                continue;
+              }
               epilogue(p, Vec::loadu(tile.data() + q * vw + c), res_row ? res_row + ow * p.r_sw + co0 + c : nullptr,
                        y_row + ow * p.y_sw + co0 + c, row_sum ? row_sum + co0 + c : nullptr,
                        std::min(kLanes, valid - c));
@@ -396,6 +428,7 @@ void conv_typed(const ConvProblem& p) {
           ow0 += np;
         }
       }
+      if (post) post_conv_row<scalar_t>(*post, n, oh, post_row.data(), p.c_out, post_tile.data());
     }
   });
   if (p.sums) reduce_row_sums(p.row_sums, p.n, p.h_out, p.c_out, p.sums);

@@ -429,6 +429,36 @@ std::tuple<at::Tensor, at::Tensor> conv_bn_act_sums_cpu(const at::Tensor& x, con
   return {y, sums};
 }
 
+// A whole X block: relu(conv1x1(K2(K1(x))) + b3 + residual), K1's and K2's outputs never stored.
+at::Tensor x_block_cpu(const at::Tensor& x, const at::Tensor& w1, const std::optional<at::Tensor>& b1,
+                      const at::Tensor& w2, const std::optional<at::Tensor>& b2, int64_t stride, int64_t padding,
+                      int64_t groups, const at::Tensor& w3, const std::optional<at::Tensor>& b3,
+                      const at::Tensor& residual) {
+  const char* op = "x_block";
+  check_activation(op, x);
+  TORCH_CHECK(w1.dim() == 4 && w1.size(2) == 1 && w1.size(3) == 1, op, ": w1 must be a 1x1 kernel, got ", w1.sizes());
+  TORCH_CHECK(w3.dim() == 4 && w3.size(2) == 1 && w3.size(3) == 1, op, ": w3 must be a 1x1 kernel, got ", w3.sizes());
+  std::pair<at::Tensor, at::Tensor> packed1, packed2, packed3;
+  ConvProblem p1 = conv_problem(op, "x", x.sizes(), x, "w1", w1, "b1", b1, 1, 0, 1, true, packed1);
+  set_input(p1, x);
+  const std::vector<int64_t> mid1{p1.n, p1.c_out, p1.h_out, p1.w_out};
+  ConvProblem p2 = conv_problem(op, "w1's output", mid1, x, "w2", w2, "b2", b2, stride, padding, groups, true, packed2);
+  const std::vector<int64_t> mid2{p2.n, p2.c_out, p2.h_out, p2.w_out};
+  ConvProblem p3 = conv_problem(op, "w2's output", mid2, x, "w3", w3, "b3", b3, 1, 0, 1, true, packed3);
+  const std::vector<int64_t> out_shape{p3.n, p3.c_out, p3.h_out, p3.w_out};
+  check_like_x(op, "residual", residual, x, out_shape, true);
+  at::Tensor y = new_output(x, out_shape);
+  if (y.numel() == 0) return y;
+  p3.residual = residual.const_data_ptr();
+  p3.r_sn = residual.stride(0), p3.r_sh = residual.stride(2), p3.r_sw = residual.stride(3);
+  p3.y = y.mutable_data_ptr();
+  p3.y_sn = y.stride(0), p3.y_sh = y.stride(2), p3.y_sw = y.stride(3);
+  p2.pre = &p1;
+  p2.post = &p3;
+  selected_kernels().conv(p2);
+  return y;
+}
+
 at::Tensor conv1x1_conv_bn_act_cpu(const at::Tensor& x, const at::Tensor& w1, const std::optional<at::Tensor>& b1,
                                    const at::Tensor& w2, const std::optional<at::Tensor>& b2, int64_t stride,
                                    int64_t padding, int64_t groups, bool relu) {
@@ -567,6 +597,7 @@ TORCH_LIBRARY_IMPL(regnet_kernels, CPU, m) {
   m.impl("conv_bn_act", &conv_bn_act_cpu);
   m.impl("conv_bn_act_sums", &conv_bn_act_sums_cpu);
   m.impl("conv1x1_conv_bn_act", &conv1x1_conv_bn_act_cpu);
+  m.impl("x_block", &x_block_cpu);
   m.impl("conv1x1_conv_bn_act_sums", &conv1x1_conv_bn_act_sums_cpu);
   m.impl("gated_conv1x1", &gated_conv1x1_cpu);
   m.impl("se_gate", &se_gate_cpu);

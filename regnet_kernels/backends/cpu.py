@@ -273,15 +273,20 @@ def conv_routes(x, weight, bias, stride, padding, groups, residual, relu, channe
     return (bind_onednn, bind_native) if _use_onednn(x, weight, groups, residual) else ()
 
 
-def pair_supports(*, x, w1, b1, w2, b2, stride=1, padding=None, groups=1, relu=True, channel_sums=False,
-                  forced=False) -> List[str]:
-    reasons = _common_reasons(x)
+def _middle_conv_reasons(w2, stride) -> List[str]:
+    """The grouped conv's limits, for the ops that run it between 1x1s."""
+    reasons = []
     k = w2.shape[-1]
     if k not in SUPPORTED_KERNEL_SIZES or w2.shape[-2] != k:
         reasons.append(f"cpu: kernel {w2.shape[-2]}x{w2.shape[-1]} not supported (1x1, 3x3)")
     if stride not in SUPPORTED_STRIDES:
         reasons.append(f"cpu: stride {stride} not supported (1, 2)")
     return reasons
+
+
+def pair_supports(*, x, w1, b1, w2, b2, stride=1, padding=None, groups=1, relu=True, channel_sums=False,
+                  forced=False) -> List[str]:
+    return _common_reasons(x) + _middle_conv_reasons(w2, stride)
 
 
 def pair_bind(x, w1, b1, w2, b2, stride, padding, groups, relu, channel_sums):
@@ -292,6 +297,22 @@ def pair_bind(x, w1, b1, w2, b2, stride, padding, groups, relu, channel_sums):
 
 def pair_run(x, w1, b1, w2, b2, stride, padding, groups, relu, channel_sums):
     return pair_bind(x, w1, b1, w2, b2, stride, padding, groups, relu, channel_sums)(x, w1, b1, w2, b2)
+
+
+def x_block_supports(*, x, w1, b1, w2, b2, w3, b3, residual, stride=1, padding=None, groups=1,
+                     forced=False) -> List[str]:
+    return _common_reasons(x, (("residual", residual),)) + _middle_conv_reasons(w2, stride)
+
+
+def x_block_bind(x, w1, b1, w2, b2, w3, b3, residual, stride, padding, groups):
+    """x_block bound for this signature, as run(x, w1, b1, w2, b2, w3, b3, residual)."""
+    op = native_call("x_block")
+    return lambda x, w1, b1, w2, b2, w3, b3, r: op(x, w1, b1, w2, b2, stride, padding, groups, w3, b3, r)
+
+
+def x_block_run(x, w1, b1, w2, b2, w3, b3, residual, stride, padding, groups):
+    return x_block_bind(x, w1, b1, w2, b2, w3, b3, residual, stride, padding, groups)(x, w1, b1, w2, b2, w3, b3,
+                                                                                      residual)
 
 
 def se_supports(*, x, w1, b1, w2, b2, residual=None, relu=False, sums=None, forced=False) -> List[str]:
@@ -352,6 +373,7 @@ def gated_run(x, gate, weight, bias, residual, relu):
 dispatch.register("conv_bn_act", NAME, conv_supports, conv_run, into_residual=conv_into_residual, routes=conv_routes,
                   bind=conv_bind)
 dispatch.register("conv1x1_conv_bn_act", NAME, pair_supports, pair_run, bind=pair_bind)
+dispatch.register("x_block", NAME, x_block_supports, x_block_run, bind=x_block_bind)
 dispatch.register("se_gate", NAME, se_supports, se_run)
 dispatch.register("se_excite", NAME, excite_supports, excite_run)
 dispatch.register("gated_conv1x1", NAME, gated_supports, gated_run, separate_gate_pass=separate_gate_pass,

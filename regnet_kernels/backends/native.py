@@ -7,7 +7,8 @@ from __future__ import annotations
 import torch
 
 from .. import _ext
-from ..ops.checks import check_conv, check_conv1x1_conv, check_gated_conv1x1, check_se_excite, empty_like_layout
+from ..ops.checks import (check_conv, check_conv1x1_conv, check_gated_conv1x1, check_se_excite, check_x_block,
+                          empty_like_layout)
 
 EXT = _ext.load()
 NAMESPACE = "regnet_kernels"
@@ -68,6 +69,11 @@ if EXT is not None:
     def _conv1x1_conv_bn_act_sums_fake(x, w1, b1, w2, b2, stride, padding, groups, relu):
         _, shape = check_conv1x1_conv(x, w1, b1, w2, b2, stride, padding, groups)
         return empty_like_layout(x, shape), x.new_empty((shape[0], shape[1]), dtype=torch.float32)
+
+    @torch.library.register_fake(f"{NAMESPACE}::x_block")
+    def _x_block_fake(x, w1, b1, w2, b2, stride, padding, groups, w3, b3, residual):
+        _, shape = check_x_block(x, w1, b1, w2, b2, w3, b3, residual, stride, padding, groups)
+        return empty_like_layout(x, shape)
 
     @torch.library.register_fake(f"{NAMESPACE}::se_gate")
     def _se_gate_fake(x, w1, b1, w2, b2, residual, relu, sums):

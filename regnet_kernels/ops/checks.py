@@ -101,6 +101,19 @@ def check_conv1x1_conv(x, w1, b1, w2, b2, stride, padding, groups) -> Tuple[int,
     return check_conv_weights(x, mid_shape, "w1's output", w2, b2, stride, padding, groups, names=("w2", "b2"))
 
 
+def check_x_block(x, w1, b1, w2, b2, w3, b3, residual, stride, padding, groups
+                  ) -> Tuple[int, Tuple[int, int, int, int]]:
+    """Validate x_block's arguments (conv1x1_conv_bn_act's, then w3 a 1x1 conv of its output and
+    the residual of the output's shape); return (padding of the middle conv, output shape)."""
+    padding, mid_shape = check_conv1x1_conv(x, w1, b1, w2, b2, stride, padding, groups)
+    _, out_shape = check_conv_weights(x, mid_shape, "w2's output", w3, b3, 1, None, 1, names=("w3", "b3"))
+    if w3.shape[2] != 1:
+        fail("w3", "a 1x1 kernel [C_out, C_mid, 1, 1]", list(w3.shape))
+    check_tensor("residual", residual, shape=out_shape, like=x)
+    check_same_dtype("residual", residual, x)
+    return padding, out_shape
+
+
 def check_fc_weight(name: str, w, rows: Optional[int], cols: Optional[int], like: Optional[Tensor] = None
                     ) -> Tuple[int, int]:
     """Validate an FC weight [rows, cols] or a 1x1 conv weight [rows, cols, 1, 1]; return (rows, cols).
