@@ -177,6 +177,17 @@ def test_derived_weights_cache_follows_the_weight():
     with torch.inference_mode():  # inference tensors have no version counter
         frozen = randn(4, 3)
     assert torch.equal(cache.get(frozen, "a", make), frozen * 2) and cache.get(frozen, "a", make) is not None
+    # Views made per call (K4's 2-D view of a 4-D weight) hit the entry of the tensor they view, per
+    # view geometry (a transposed view is another entry, made from the view), and follow its updates.
+    base = randn(4, 3, 1, 1)
+    made.clear()
+    flat = cache.get(base[:, :, 0, 0], "a", make)
+    assert cache.get(base.reshape(4, 3), "a", make) is flat and len(made) == 1 and torch.equal(flat, base[:, :, 0, 0] * 2)
+    transposed = cache.get(base[:, :, 0, 0].t(), "a", make)
+    assert torch.equal(transposed, base[:, :, 0, 0].t() * 2) and len(made) == 2
+    with torch.no_grad():
+        base.mul_(3)
+    assert torch.equal(cache.get(base[:, :, 0, 0], "a", make), base[:, :, 0, 0] * 2) and len(made) == 3
 
 
 @pytest.mark.parametrize("case", grouped_cases(seed=5, per_width=1) + pointwise_cases()[:3] + stem_cases()[:1], ids=str)

@@ -114,15 +114,23 @@ class DerivedWeights:
     def get(self, weight, key, make):
         """make(weight.detach()) under no_grad, cached per (weight, key).
 
+        A view (K4's [C_out, C] of a [C_out, C, 1, 1] weight, made anew on each call) is cached on
+        the tensor it views, keyed also by its geometry: keyed on itself it missed on every call
+        (a oneDNN weight reorder per call, ~57 us on a 208x208 1x1; bench/NOTES.md, Step 12).
         Inference tensors (made under torch.inference_mode) have no version counter: their entries
         are not remade after an in-place update, which only inference mode itself allows
         (optimize() builds its weights as normal tensors for that reason)."""
-        hit = self._entries.get(id(weight))
-        version = None if weight.is_inference() else weight._version
-        if hit is None or hit[0]() is not weight or hit[1] != version:
-            wid = id(weight)
+        owner = weight._base
+        if owner is None:
+            owner = weight
+        else:  # (a view shares its base's version counter)
+            key = (key, tuple(weight.shape), weight.stride(), weight.storage_offset())
+        hit = self._entries.get(id(owner))
+        version = None if owner.is_inference() else owner._version
+        if hit is None or hit[0]() is not owner or hit[1] != version:
+            wid = id(owner)
             # The callback runs when the weight is freed, before its id can be reused.
-            hit = self._entries[wid] = (weakref.ref(weight, lambda _, wid=wid: self._entries.pop(wid, None)),
+            hit = self._entries[wid] = (weakref.ref(owner, lambda _, wid=wid: self._entries.pop(wid, None)),
                                         version, {})
         derived = hit[2].get(key)
         if derived is None:
