@@ -13,6 +13,9 @@ Rows (2 threads, channels_last, RegNetY-400MF and RegNetX-400MF stage shapes, ba
 - a block's K1 (1x1 + bias + ReLU) then K2 (the grouped 3x3 above): `cpu_one_op`
   (conv1x1_conv_bn_act, K1's output never stored), `cpu_two_ops` (conv_bn_act twice, each on
   its timed route), `eager_unfused` (conv -> BN -> ReLU twice);
+- a whole X block (K1, K2, K4 + residual + ReLU) at the X400 shapes: `cpu_x_block` (x_block, no
+  intermediate stored), `cpu_one_op_k4` (conv1x1_conv_bn_act, then K4 on its timed route),
+  `eager_unfused` (three convs, each with BN, then add and ReLU);
 - GPU rows (cuda, triton, cudnn_convolution_relu): present, skipped with the reason without a GPU.
 `python3 bench/test_bench_ops_cpu.py` prints the ratios per shape as a markdown table (for NOTES.md).
 """
@@ -127,6 +130,36 @@ def front_rows(model, stage, n, c, hw, stride, gw):
     return rows
 
 
+def x_block_rows(model, stage, n, c, hw, stride, gw):
+    """name -> zero-argument callable, all computing one X block (identity-shaped residual)."""
+    c_in = PREV_WIDTH[(model, stage)] if stride == 2 else c
+    x = torch.randn(n, c_in, hw, hw).to(memory_format=torch.channels_last)
+    ho = (hw - 1) // stride + 1
+    res = torch.randn(n, c, ho, ho).to(memory_format=torch.channels_last)
+    convs = [(torch.randn(c, c_in, 1, 1) / c_in ** 0.5, 1, 1), (torch.randn(c, gw, 3, 3) / (9 * gw) ** 0.5, stride, c // gw),
+             (torch.randn(c, c, 1, 1) / c ** 0.5, 1, 1)]
+    bns = [torch.nn.BatchNorm2d(c).eval() for _ in convs]
+    folded = [rk.fold_bn_params(w, None, bn.weight, bn.bias, bn.running_mean, bn.running_var, bn.eps, dtype=torch.float32)
+              for (w, _, _), bn in zip(convs, bns)]
+    (w1, b1), (w2, b2), (w3, b3) = folded
+
+    def eager_unfused():
+        t = x
+        for i, ((w, s, g), bn) in enumerate(zip(convs, bns)):
+            t = bn(F.conv2d(t, w, None, s, (w.shape[-1] - 1) // 2, 1, g))
+            t = torch.relu(t + res) if i == 2 else torch.relu(t)
+        return t
+    rows = {"eager_unfused": eager_unfused}
+    if HAVE_EXT:
+        groups = c // gw
+        rows["cpu_x_block"] = lambda: rk.x_block(x, w1, b1, w2, b2, w3, b3, res, stride=stride, groups=groups,
+                                                 backend="cpu")
+        rows["cpu_one_op_k4"] = lambda: rk.conv_bn_act(
+            rk.conv1x1_conv_bn_act(x, w1, b1, w2, b2, stride=stride, groups=groups, backend="cpu"), w3, b3,
+            residual=res, backend="cpu")
+    return rows
+
+
 def _conv_id(s):
     return f"{s[0]}s{s[1]}_c{s[2]}_{s[3]}px_s{s[4]}_g{s[5]}"
 
@@ -160,6 +193,19 @@ def test_se_gate(benchmark, shape, impl):
 def test_block_front(benchmark, shape, impl):
     n, (model, stage, c, hw, stride, gw) = shape
     rows = front_rows(model, stage, n, c, hw, stride, gw)
+    if impl not in rows:
+        pytest.skip("regnet_kernels._C is not built")
+    benchmark(rows[impl])
+
+
+X_PARAMS = [(n, s) for s in STAGES if s[0] == "X400" for n in BATCHES]
+
+
+@pytest.mark.parametrize("impl", ("cpu_x_block", "cpu_one_op_k4", "eager_unfused"))
+@pytest.mark.parametrize("shape", X_PARAMS, ids=[f"n{n}_{_conv_id(s)}" for n, s in X_PARAMS])
+def test_x_block(benchmark, shape, impl):
+    n, (model, stage, c, hw, stride, gw) = shape
+    rows = x_block_rows(model, stage, n, c, hw, stride, gw)
     if impl not in rows:
         pytest.skip("regnet_kernels._C is not built")
     benchmark(rows[impl])
@@ -238,6 +284,18 @@ def main():
             print(f"| {_conv_id(s)} | {n} | {ms['cpu_one_op']:.3f} | {ms['cpu_two_ops']:.3f} | "
                   f"{ms['eager_unfused']:.3f} | {ms['cpu_two_ops'] / ms['cpu_one_op']:.2f}x | "
                   f"{ms['eager_unfused'] / ms['cpu_one_op']:.2f}x |")
+            sys.stdout.flush()
+    print("\n| X block with this K2 | batch | cpu x_block | cpu one op + K4 | eager unfused | one op + K4 / x_block | "
+          "unfused / x_block |")
+    print("|---|---|---|---|---|---|---|")
+    for s in STAGES:
+        if s[0] != "X400":
+            continue
+        for n in BATCHES:
+            ms = best_ms(x_block_rows(s[0], s[1], n, *s[2:]))
+            print(f"| {_conv_id(s)} | {n} | {ms['cpu_x_block']:.3f} | {ms['cpu_one_op_k4']:.3f} | "
+                  f"{ms['eager_unfused']:.3f} | {ms['cpu_one_op_k4'] / ms['cpu_x_block']:.2f}x | "
+                  f"{ms['eager_unfused'] / ms['cpu_x_block']:.2f}x |")
             sys.stdout.flush()
 
 
