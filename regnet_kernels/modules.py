@@ -408,7 +408,7 @@ class FusedXBlock(_Planned):
         whole = _stashed(self, "last_whole")
         if whole is None:
             return None
-        if whole == "ops":
+        if isinstance(whole, str):  # "ops"
             return self._ops_plan()
         kp = _stashed(self.proj, "last_run") if self.proj is not None else None
         if self.proj is not None and kp is None:
