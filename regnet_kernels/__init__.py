@@ -16,7 +16,8 @@ from .ops.x_block import x_block
 
 __all__ = [
     "AUTO_ORDER", "BACKENDS", "BackendUnavailable", "explain",
-    "conv1x1_conv_bn_act", "conv_bn_act", "fold_bn", "fold_bn_params", "gated_conv1x1", "se_excite", "se_gate", "x_block",
+    "conv1x1_conv_bn_act", "conv_bn_act", "fold_bn", "fold_bn_params", "gated_conv1x1", "se_excite", "se_gate",
+    "x_block",
 ]
 
 from .memory import release_cached_memory  # noqa: E402

@@ -10,7 +10,9 @@
 // without a gate reads x in place instead). The
 // micro-kernel keeps P output pixels x NV vectors of output channels in registers; each step
 // broadcasts one input value and does NV fused multiply-adds with a packed weight row. The
-// epilogue (residual, ReLU, store, channel sums) runs on the tile while it is in L1.
+// epilogue (residual, ReLU, store, channel sums) runs on the tile while it is in L1. Fused
+// neighbours (ConvProblem::pre, ::post): a 1x1 before the conv computes its input rows where they
+// are packed; a 1x1 after it takes each output row from a row buffer; neither is stored.
 #pragma once
 
 #ifdef VECTOR_WIDTH
@@ -186,6 +188,16 @@ void pack_input_row(const ConvProblem& p, const scalar_t* x, int64_t n, int64_t 
   }
 }
 
+// `count` lanes of v, after ReLU if asked, into an fp32 row buffer (a fused conv's intermediate).
+inline void store_intermediate(Vec v, bool relu, float* out, int64_t count) {
+  if (relu) v = at::vec::maximum(v, Vec(0.f));
+  if (count == kLanes) {
+    v.store(out);
+  } else {
+    v.store(out, count);
+  }
+}
+
 // Output blocks [block_lo, block_hi) of a stride-1 unpadded 1x1 conv q (K1 or K4) of one fp32
 // input row (pixel stride ps): each pixel's vector of channels (bias added) goes to
 // store(ow, co, v, count). tile: kMaxPixels x q's block width.
@@ -229,13 +241,7 @@ void pre_conv_row(const ConvProblem& pre, int64_t n, int64_t ih, int64_t c_lo, i
   const int64_t vw = pre.nv * kLanes;
   const int64_t block_hi = std::min(pre.co_blocks, (c_hi + vw - 1) / vw);
   conv1x1_row(pre, row, ps, c_lo / vw, block_hi, tile, [&](int64_t ow, int64_t co, Vec v, int64_t count) {
-    if (pre.relu) v = at::vec::maximum(v, Vec(0.f));
-    float* out = dst + ow * dst_ps + co;
-    if (count == kLanes) {
-      v.store(out);
-    } else {
-      v.store(out, count);
-    }
+    store_intermediate(v, pre.relu, dst + ow * dst_ps + co, count);
   });
 }
 
@@ -412,12 +418,9 @@ void conv_typed(const ConvProblem& p) {
           for (int64_t q = 0; q < np; ++q) {
             const int64_t ow = ow0 + q;
             for (int64_t c = 0; c < valid; c += kLanes) {
-              if (post) {
-                Vec v = Vec::loadu(tile.data() + q * vw + c);
-                if (p.relu) v = at::vec::maximum(v, Vec(0.f));
-                const int64_t count = std::min(kLanes, valid - c);
-                float* out = post_row.data() + ow * p.c_out + co0 + c;
-                if (count == kLanes) v.store(out); else v.store(out, count);
+              if (post) {  // post's input row, not y
+                store_intermediate(Vec::loadu(tile.data() + q * vw + c), p.relu,
+                                   post_row.data() + ow * p.c_out + co0 + c, std::min(kLanes, valid - c));
                 continue;
               }
               epilogue(p, Vec::loadu(tile.data() + q * vw + c), res_row ? res_row + ow * p.r_sw + co0 + c : nullptr,

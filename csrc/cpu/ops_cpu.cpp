@@ -352,9 +352,10 @@ ConvProblem conv_problem(const char* op, const char* in, at::IntArrayRef in_shap
 }
 
 // Runs p (its x or pre already set) into a new output in x's layout, with the residual and the
-// fp32 per-(n, c) sums if asked for.
+// fp32 per-(n, c) sums if asked for. With `launch`, p is the post of the conv `launch`, which is
+// what runs (x_block: p is K4, launch K2).
 at::Tensor run_problem(const char* op, ConvProblem& p, const at::Tensor& x, const std::optional<at::Tensor>& residual,
-                       at::Tensor* sums) {
+                       at::Tensor* sums, const ConvProblem* launch = nullptr) {
   const std::vector<int64_t> out_shape{p.n, p.c_out, p.h_out, p.w_out};
   if (residual) check_like_x(op, "residual", *residual, x, out_shape, true);
   at::Tensor y = new_output(x, out_shape);
@@ -373,7 +374,7 @@ at::Tensor run_problem(const char* op, ConvProblem& p, const at::Tensor& x, cons
   p.y_sn = y.stride(0), p.y_sh = y.stride(2), p.y_sw = y.stride(3);
   p.sums = sums ? sums->mutable_data_ptr<float>() : nullptr;
   p.row_sums = sums ? row_sums.mutable_data_ptr<float>() : nullptr;
-  selected_kernels().conv(p);
+  selected_kernels().conv(launch ? *launch : p);
   return y;
 }
 
@@ -396,22 +397,38 @@ at::Tensor run_conv(const char* op, const at::Tensor& x, const at::Tensor& weigh
   return run_problem(op, p, x, residual, sums);
 }
 
+// The convs of a fused op (kernel_args.h, ConvProblem::pre and ::post) and their packed weights.
+// Not copyable: k2 points at k1 (and at k4 in x_block).
+struct FusedConvs {
+  ConvProblem k1, k2, k4;
+  std::pair<at::Tensor, at::Tensor> packed1, packed2, packed4;
+  FusedConvs() = default;
+  FusedConvs(const FusedConvs&) = delete;
+  FusedConvs& operator=(const FusedConvs&) = delete;
+};
+
+// K1 (1x1 + bias + ReLU, reading x) and K2 (its conv, [ReLU]) computing K1's rows as it packs them.
+void set_front(const char* op, const at::Tensor& x, const at::Tensor& w1, const std::optional<at::Tensor>& b1,
+               const at::Tensor& w2, const std::optional<at::Tensor>& b2, int64_t stride, int64_t padding,
+               int64_t groups, bool relu, FusedConvs& f) {
+  check_activation(op, x);
+  TORCH_CHECK(w1.dim() == 4 && w1.size(2) == 1 && w1.size(3) == 1, op,
+              ": w1 must be a 1x1 kernel [C_mid, C_in, 1, 1], got ", w1.sizes());
+  f.k1 = conv_problem(op, "x", x.sizes(), x, "w1", w1, "b1", b1, 1, 0, 1, true, f.packed1);
+  set_input(f.k1, x);
+  const std::vector<int64_t> mid_shape{f.k1.n, f.k1.c_out, f.k1.h_out, f.k1.w_out};
+  f.k2 = conv_problem(op, "w1's output", mid_shape, x, "w2", w2, "b2", b2, stride, padding, groups, relu, f.packed2);
+  f.k2.pre = &f.k1;
+}
+
 // K1 fused into K2: conv2(relu(conv1x1(x, w1) + b1)) + b2 [+ ReLU] [+ sums], K1's output never
-// stored (kernel_args.h, ConvProblem::pre).
+// stored.
 at::Tensor run_conv_pair(const char* op, const at::Tensor& x, const at::Tensor& w1, const std::optional<at::Tensor>& b1,
                          const at::Tensor& w2, const std::optional<at::Tensor>& b2, int64_t stride, int64_t padding,
                          int64_t groups, bool relu, at::Tensor* sums) {
-  check_activation(op, x);
-  TORCH_CHECK(w1.dim() == 4 && w1.size(2) == 1 && w1.size(3) == 1, op, ": w1 must be a 1x1 kernel [C_mid, C_in, 1, 1], got ",
-              w1.sizes());
-  std::pair<at::Tensor, at::Tensor> packed1, packed2;
-  ConvProblem p1 = conv_problem(op, "x", x.sizes(), x, "w1", w1, "b1", b1, 1, 0, 1, true, packed1);
-  set_input(p1, x);
-  const std::vector<int64_t> mid_shape{p1.n, p1.c_out, p1.h_out, p1.w_out};
-  ConvProblem p2 =
-      conv_problem(op, "w1's output", mid_shape, x, "w2", w2, "b2", b2, stride, padding, groups, relu, packed2);
-  p2.pre = &p1;
-  return run_problem(op, p2, x, std::nullopt, sums);
+  FusedConvs f;
+  set_front(op, x, w1, b1, w2, b2, stride, padding, groups, relu, f);
+  return run_problem(op, f.k2, x, std::nullopt, sums);
 }
 
 at::Tensor conv_bn_act_cpu(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
@@ -431,32 +448,18 @@ std::tuple<at::Tensor, at::Tensor> conv_bn_act_sums_cpu(const at::Tensor& x, con
 
 // A whole X block: relu(conv1x1(K2(K1(x))) + b3 + residual), K1's and K2's outputs never stored.
 at::Tensor x_block_cpu(const at::Tensor& x, const at::Tensor& w1, const std::optional<at::Tensor>& b1,
-                      const at::Tensor& w2, const std::optional<at::Tensor>& b2, int64_t stride, int64_t padding,
-                      int64_t groups, const at::Tensor& w3, const std::optional<at::Tensor>& b3,
-                      const at::Tensor& residual) {
+                       const at::Tensor& w2, const std::optional<at::Tensor>& b2, int64_t stride, int64_t padding,
+                       int64_t groups, const at::Tensor& w3, const std::optional<at::Tensor>& b3,
+                       const at::Tensor& residual) {
   const char* op = "x_block";
-  check_activation(op, x);
-  TORCH_CHECK(w1.dim() == 4 && w1.size(2) == 1 && w1.size(3) == 1, op, ": w1 must be a 1x1 kernel, got ", w1.sizes());
-  TORCH_CHECK(w3.dim() == 4 && w3.size(2) == 1 && w3.size(3) == 1, op, ": w3 must be a 1x1 kernel, got ", w3.sizes());
-  std::pair<at::Tensor, at::Tensor> packed1, packed2, packed3;
-  ConvProblem p1 = conv_problem(op, "x", x.sizes(), x, "w1", w1, "b1", b1, 1, 0, 1, true, packed1);
-  set_input(p1, x);
-  const std::vector<int64_t> mid1{p1.n, p1.c_out, p1.h_out, p1.w_out};
-  ConvProblem p2 = conv_problem(op, "w1's output", mid1, x, "w2", w2, "b2", b2, stride, padding, groups, true, packed2);
-  const std::vector<int64_t> mid2{p2.n, p2.c_out, p2.h_out, p2.w_out};
-  ConvProblem p3 = conv_problem(op, "w2's output", mid2, x, "w3", w3, "b3", b3, 1, 0, 1, true, packed3);
-  const std::vector<int64_t> out_shape{p3.n, p3.c_out, p3.h_out, p3.w_out};
-  check_like_x(op, "residual", residual, x, out_shape, true);
-  at::Tensor y = new_output(x, out_shape);
-  if (y.numel() == 0) return y;
-  p3.residual = residual.const_data_ptr();
-  p3.r_sn = residual.stride(0), p3.r_sh = residual.stride(2), p3.r_sw = residual.stride(3);
-  p3.y = y.mutable_data_ptr();
-  p3.y_sn = y.stride(0), p3.y_sh = y.stride(2), p3.y_sw = y.stride(3);
-  p2.pre = &p1;
-  p2.post = &p3;
-  selected_kernels().conv(p2);
-  return y;
+  FusedConvs f;
+  set_front(op, x, w1, b1, w2, b2, stride, padding, groups, true, f);
+  TORCH_CHECK(w3.dim() == 4 && w3.size(2) == 1 && w3.size(3) == 1, op,
+              ": w3 must be a 1x1 kernel [C_out, C_mid, 1, 1], got ", w3.sizes());
+  const std::vector<int64_t> mid_shape{f.k2.n, f.k2.c_out, f.k2.h_out, f.k2.w_out};
+  f.k4 = conv_problem(op, "w2's output", mid_shape, x, "w3", w3, "b3", b3, 1, 0, 1, true, f.packed4);
+  f.k2.post = &f.k4;
+  return run_problem(op, f.k4, x, residual, nullptr, &f.k2);
 }
 
 at::Tensor conv1x1_conv_bn_act_cpu(const at::Tensor& x, const at::Tensor& w1, const std::optional<at::Tensor>& b1,

@@ -16,7 +16,8 @@ IMPORT_ERRORS: Dict[str, str] = {}
 
 
 def load_all() -> None:
-    from ..ops import conv1x1_conv_bn_act, conv_bn_act, gated_conv1x1, se_gate, x_block  # noqa: F401  eager registrations
+    # the eager registrations
+    from ..ops import conv1x1_conv_bn_act, conv_bn_act, gated_conv1x1, se_gate, x_block  # noqa: F401
 
     for name in ("cpu", "cuda", "triton"):
         try:
