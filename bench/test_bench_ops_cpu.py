@@ -160,6 +160,13 @@ def x_block_rows(model, stage, n, c, hw, stride, gw):
     return rows
 
 
+def bench_row(benchmark, rows, impl):
+    """Benchmark rows[impl]; the extension's rows are absent when it is not built."""
+    if impl not in rows:
+        pytest.skip("regnet_kernels._C is not built")
+    benchmark(rows[impl])
+
+
 def _conv_id(s):
     return f"{s[0]}s{s[1]}_c{s[2]}_{s[3]}px_s{s[4]}_g{s[5]}"
 
@@ -173,9 +180,7 @@ SE_PARAMS = [(n, s) for s in SE_STAGES for n in BATCHES]
 def test_grouped_conv(benchmark, shape, impl):
     n, (_, _, c, hw, stride, gw) = shape
     rows = conv_rows(n, c, hw, stride, gw)
-    if impl not in rows:
-        pytest.skip("regnet_kernels._C is not built")
-    benchmark(rows[impl])
+    bench_row(benchmark, rows, impl)
 
 
 @pytest.mark.parametrize("impl", ("cpu", "eager_sequence"))
@@ -183,9 +188,7 @@ def test_grouped_conv(benchmark, shape, impl):
 def test_se_gate(benchmark, shape, impl):
     n, (c, hw, c_se) = shape
     rows = se_rows(n, c, hw, c_se)
-    if impl not in rows:
-        pytest.skip("regnet_kernels._C is not built")
-    benchmark(rows[impl])
+    bench_row(benchmark, rows, impl)
 
 
 @pytest.mark.parametrize("impl", ("cpu_one_op", "cpu_two_ops", "eager_unfused"))
@@ -193,9 +196,7 @@ def test_se_gate(benchmark, shape, impl):
 def test_block_front(benchmark, shape, impl):
     n, (model, stage, c, hw, stride, gw) = shape
     rows = front_rows(model, stage, n, c, hw, stride, gw)
-    if impl not in rows:
-        pytest.skip("regnet_kernels._C is not built")
-    benchmark(rows[impl])
+    bench_row(benchmark, rows, impl)
 
 
 X_PARAMS = [(n, s) for s in STAGES if s[0] == "X400" for n in BATCHES]
@@ -206,9 +207,7 @@ X_PARAMS = [(n, s) for s in STAGES if s[0] == "X400" for n in BATCHES]
 def test_x_block(benchmark, shape, impl):
     n, (model, stage, c, hw, stride, gw) = shape
     rows = x_block_rows(model, stage, n, c, hw, stride, gw)
-    if impl not in rows:
-        pytest.skip("regnet_kernels._C is not built")
-    benchmark(rows[impl])
+    bench_row(benchmark, rows, impl)
 
 
 @pytest.mark.skipif(NO_GPU is not None, reason=NO_GPU or "")
