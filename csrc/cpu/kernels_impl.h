@@ -64,9 +64,45 @@ struct Tile {
   float* out;              // [P][NV * lanes]
 };
 
+// Paired groups (ConvProblem::pair_groups): where a group's width is half a vector (8 channels
+// with AVX-512's 16 lanes), one vector holds the output channels of two groups, interleaved
+// (lane 2i + j: channel i of group j of the pair), so each FMA does useful work on every lane
+// instead of half of them. Packed input rows hold each pair's input channels interleaved the same
+// way, so one 8-byte broadcast (x[group 0][ci], x[group 1][ci]) feeds the lanes of both groups.
+// to_pairs / from_pairs convert a vector of the pair's channels in their natural order (group 0's
+// then group 1's) to that layout and back.
+constexpr int64_t lane_mask(int64_t from, int64_t step) {
+  int64_t mask = 0;
+  for (int64_t lane = from; lane < kLanes; lane += step) mask |= int64_t{1} << lane;
+  return mask;
+}
+
+inline Vec to_pairs(const Vec& v) {
+  const auto halves = at::vec::interleave2(v, v);  // (v0 v0 v1 v1 ..., v8 v8 v9 v9 ...) with 16 lanes
+  return Vec::blend<lane_mask(1, 2)>(halves.first, halves.second);  // v0 v8 v1 v9 ...
+}
+
+inline Vec from_pairs(const Vec& v) {
+  const auto parts = at::vec::deinterleave2(v, v);  // (even lanes twice, odd lanes twice)
+  return Vec::blend<lane_mask(kLanes / 2, 1)>(parts.first, parts.second);
+}
+
+// The micro-kernels' broadcast of input channel ci at x: one value, or with paired groups the
+// pair's two values (x[2 ci], x[2 ci + 1]) repeated across the vector.
+template <bool PAIRS>
+inline Vec broadcast_input(const float* x, int64_t ci) {
+  if constexpr (PAIRS) {
+    double both;
+    std::memcpy(&both, x + 2 * ci, sizeof(both));
+    return at::vec::cast<float>(at::vec::Vectorized<double>(both));
+  } else {
+    return Vec(x[ci]);
+  }
+}
+
 // K (the kernel size) is a template parameter so the tap loops unroll: with runtime tap loops
 // GCC kept the accumulators on the stack, storing and reloading all of them for every tap.
-template <int P, int NV, int K>
+template <int P, int NV, int K, bool PAIRS = false>
 void micro_kernel(const Tile& t) {
   constexpr int64_t VW = NV * kLanes;
   Vec acc[P][NV];
@@ -85,7 +121,7 @@ void micro_kernel(const Tile& t) {
         Vec wv[NV];
         for (int v = 0; v < NV; ++v) wv[v] = Vec::loadu(w + v * kLanes);
         for (int p = 0; p < P; ++p) {
-          const Vec xb(x[p * pix_step + ci]);
+          const Vec xb = broadcast_input<PAIRS>(x + p * pix_step, ci);
           for (int v = 0; v < NV; ++v) acc[p][v] = at::vec::fmadd(wv[v], xb, acc[p][v]);
         }
       }
@@ -100,7 +136,7 @@ void micro_kernel(const Tile& t) {
 // meets: per input channel and kernel row 3 x (1 weight + P broadcasts) loads for 3P FMAs, so it
 // is bound by loads. Here each of the row's P + 2 input values is broadcast once and feeds the up
 // to three output pixels it contributes to: 3 weights + P + 2 broadcasts for the same 3P FMAs.
-template <int P>
+template <int P, bool PAIRS = false>
 void micro_kernel_3x3_s1_nv1(const Tile& t) {
   Vec acc[P];
   const Vec bias = Vec::loadu(t.b);
@@ -113,7 +149,7 @@ void micro_kernel_3x3_s1_nv1(const Tile& t) {
       const Vec w0 = Vec::loadu(w), w1 = Vec::loadu(w + tap_stride), w2 = Vec::loadu(w + 2 * tap_stride);
 #pragma GCC unroll 16
       for (int j = 0; j < P + 2; ++j) {
-        const Vec xb(x[j * ps + ci]);
+        const Vec xb = broadcast_input<PAIRS>(x + j * ps, ci);
         if (j < P) acc[j] = at::vec::fmadd(w0, xb, acc[j]);
         if (j >= 1 && j <= P) acc[j - 1] = at::vec::fmadd(w1, xb, acc[j - 1]);
         if (j >= 2) acc[j - 2] = at::vec::fmadd(w2, xb, acc[j - 2]);
@@ -125,10 +161,10 @@ void micro_kernel_3x3_s1_nv1(const Tile& t) {
 
 using MicroFn = void (*)(const Tile&);
 
-template <int P, int NV, int K>
+template <int P, int NV, int K, bool PAIRS = false>
 constexpr MicroFn micro_entry() {
   if constexpr (P <= max_pixels_for(NV)) {
-    return &micro_kernel<P, NV, K>;
+    return &micro_kernel<P, NV, K, PAIRS>;
   } else {
     return nullptr;  // would not fit in registers; never chosen (see max_pixels_for)
   }
@@ -166,24 +202,54 @@ constexpr MicroTable micro_3x3_s1_tables() {
 
 inline constexpr MicroTable kMicro3x3s1 = micro_3x3_s1_tables();
 
+// Paired groups (one vector per pair, so only nv = 1): kMicro3x3Pairs, kMicro3x3s1Pairs.
+template <bool S1, int... Ps>
+constexpr std::array<MicroFn, kMaxPixels + 1> micro_pairs_table(std::integer_sequence<int, Ps...>) {
+  if constexpr (S1) {
+    return {nullptr, &micro_kernel_3x3_s1_nv1<Ps + 1, true>...};
+  } else {
+    return {nullptr, micro_entry<Ps + 1, 1, 3, true>()...};
+  }
+}
+
+template <bool S1>
+constexpr MicroTable micro_pairs_tables() {
+  MicroTable table{};
+  table[1] = micro_pairs_table<S1>(std::make_integer_sequence<int, kMaxPixels>{});
+  return table;
+}
+
+inline constexpr MicroTable kMicro3x3Pairs = micro_pairs_tables<false>();
+inline constexpr MicroTable kMicro3x3s1Pairs = micro_pairs_tables<true>();
+
+// Floats per pixel of a packed input row: the channels, or with paired groups whole pairs.
+inline int64_t packed_pixel_stride(const ConvProblem& p) {
+  return p.pair_groups ? (p.c_in + kLanes - 1) / kLanes * kLanes : p.c_in;
+}
+
 // One input row of x (n, ih), widened to fp32 and gated, into dst's columns pad..pad+w-1.
 template <typename scalar_t>
 void pack_input_row(const ConvProblem& p, const scalar_t* x, int64_t n, int64_t ih, float* dst) {
   const scalar_t* src_row = x + n * p.x_sn + ih * p.x_sh;
   const float* gate = p.gate ? p.gate + n * p.gate_sn : nullptr;
+  const int64_t ps = packed_pixel_stride(p);
   for (int64_t iw = 0; iw < p.w; ++iw) {
     const scalar_t* src = src_row + iw * p.x_sw;
-    float* out = dst + (iw + p.pad) * p.c_in;
+    float* out = dst + (iw + p.pad) * ps;
     int64_t c = 0;
     for (; c + kLanes <= p.c_in; c += kLanes) {
       Vec v = load_as_float(src + c);
       if (gate) v = v * Vec::loadu(gate + c);
-      v.store(out + c);
+      (p.pair_groups ? to_pairs(v) : v).store(out + c);
     }
     if (c < p.c_in) {
       Vec v = load_as_float(src + c, p.c_in - c);
       if (gate) v = v * Vec::loadu(gate + c, p.c_in - c);
-      v.store(out + c, p.c_in - c);
+      if (p.pair_groups) {
+        to_pairs(v).store(out + c);  // a lone last group: its pair's other half is zero
+      } else {
+        v.store(out + c, p.c_in - c);
+      }
     }
   }
 }
@@ -224,12 +290,12 @@ void conv1x1_row(const ConvProblem& q, const float* row, int64_t ps, int64_t blo
 }
 
 // Output channels [c_lo, c_hi) (rounded out to whole blocks) of row (n, ih) of `pre`, an unpadded
-// stride-1 1x1 conv (K1), into dst (pixel stride dst_ps) in fp32, after its bias and ReLU. x_row:
-// scratch for one fp32 input row when pre's x is not fp32 (fp32 is read in place); tile:
-// kMaxPixels x pre's block width.
+// stride-1 1x1 conv (K1), into dst (pixel stride dst_ps) in fp32, after its bias and ReLU; in the
+// paired-group layout (to_pairs) if `pairs`. x_row: scratch for one fp32 input row when pre's x
+// is not fp32 (fp32 is read in place); tile: kMaxPixels x pre's block width.
 template <typename scalar_t>
 void pre_conv_row(const ConvProblem& pre, int64_t n, int64_t ih, int64_t c_lo, int64_t c_hi, float* dst,
-                  int64_t dst_ps, float* x_row, float* tile) {
+                  int64_t dst_ps, bool pairs, float* x_row, float* tile) {
   const float* row = x_row;
   int64_t ps = pre.c_in;
   if constexpr (std::is_same_v<scalar_t, float>) {
@@ -241,6 +307,8 @@ void pre_conv_row(const ConvProblem& pre, int64_t n, int64_t ih, int64_t c_lo, i
   const int64_t vw = pre.nv * kLanes;
   const int64_t block_hi = std::min(pre.co_blocks, (c_hi + vw - 1) / vw);
   conv1x1_row(pre, row, ps, c_lo / vw, block_hi, tile, [&](int64_t ow, int64_t co, Vec v, int64_t count) {
+    // Paired: a whole vector (pre's channels past its last are zero, as its padded weights are).
+    if (pairs) v = to_pairs(v), count = kLanes;
     store_intermediate(v, pre.relu, dst + ow * dst_ps + co, count);
   });
 }
@@ -289,9 +357,12 @@ inline int64_t balanced_chunks(int64_t rows, int64_t blocks, int64_t threads) {
   return std::max<int64_t>(1, blocks);
 }
 
+// Groups per kernel group: 2 with paired groups (ConvProblem::pair_groups), else 1.
+inline int64_t groups_per_kernel_group(const ConvProblem& p) { return p.pair_groups ? 2 : 1; }
+
 // First output channel of packed block `block` (blocks run group-major).
 inline int64_t block_channel(const ConvProblem& p, int64_t block) {
-  return (block / p.co_blocks) * p.cout_g + (block % p.co_blocks) * p.nv * kLanes;
+  return (block / p.co_blocks) * p.cout_g * groups_per_kernel_group(p) + (block % p.co_blocks) * p.nv * kLanes;
 }
 
 // Row (n, oh) of `post`, a stride-1 unpadded 1x1 (K4) whose input row is `row` (fp32, pixel
@@ -312,17 +383,24 @@ void conv_typed(const ConvProblem& p) {
   const auto* res = static_cast<const scalar_t*>(p.residual);
   auto* y = static_cast<scalar_t*>(p.y);
   const int64_t padded_w = p.w + 2 * p.pad;
-  const int64_t row_floats = padded_w * p.c_in;
+  const int64_t in_ps = packed_pixel_stride(p);
+  const int64_t row_floats = padded_w * in_ps;
   const int64_t vw = p.nv * kLanes;
+  // The kernel's groups: the conv's, or pairs of them. kcin_g/kcout_g: channels each spans.
+  const int64_t gpk = groups_per_kernel_group(p);
+  const int64_t kgroups = (p.groups + gpk - 1) / gpk, kcin_g = p.cin_g * gpk, kcout_g = p.cout_g * gpk;
   const int64_t max_px = max_pixels_for(p.nv);
   // Split each row into equal pixel blocks of at most max_px (7 -> 7; 28 -> 10, 9, 9).
   const int64_t px_blocks = (p.w_out + max_px - 1) / max_px;
   const int64_t w_block_stride = p.k * p.k * p.cin_g * vw;
   const int64_t rows_out = p.n * p.h_out;
-  const int64_t blocks = p.groups * p.co_blocks;
+  const int64_t blocks = kgroups * p.co_blocks;
   const ConvProblem* post = p.post;
   const int64_t chunks = post ? 1 : balanced_chunks(rows_out, blocks, at::get_num_threads());
-  const MicroTable& micro = p.k == 3 ? (p.stride == 1 ? kMicro3x3s1 : kMicro3x3) : kMicro1x1;
+  const MicroTable& micro = p.k == 1                ? kMicro1x1
+                            : p.pair_groups          ? (p.stride == 1 ? kMicro3x3s1Pairs : kMicro3x3Pairs)
+                            : p.stride == 1          ? kMicro3x3s1
+                                                     : kMicro3x3;
   // An unpadded fp32 1x1 conv without a gate reads x's rows in place: a copy would only repeat
   // them (x's channel stride is 1, its pixel stride is given to the micro-kernel).
   bool direct_input = false;
@@ -362,10 +440,10 @@ void conv_typed(const ConvProblem& p) {
         if (pre) {
           // The chunk's groups' input channels (whole groups: a chunk may end inside one).
           const int64_t b0 = chunk * blocks / chunks, b1 = (chunk + 1) * blocks / chunks;
-          const int64_t c_lo = pre_chunks > 1 ? b0 / p.co_blocks * p.cin_g : 0;
-          const int64_t c_hi = pre_chunks > 1 ? ((b1 - 1) / p.co_blocks + 1) * p.cin_g : p.c_in;
-          pre_conv_row<scalar_t>(*pre, n, ih, c_lo, c_hi, dst + p.pad * p.c_in, p.c_in, pre_x_row.data(),
-                                 pre_tile.data());
+          const int64_t c_lo = pre_chunks > 1 ? b0 / p.co_blocks * kcin_g : 0;
+          const int64_t c_hi = pre_chunks > 1 ? std::min(p.c_in, ((b1 - 1) / p.co_blocks + 1) * kcin_g) : p.c_in;
+          pre_conv_row<scalar_t>(*pre, n, ih, c_lo, c_hi, dst + p.pad * in_ps, in_ps, p.pair_groups,
+                                 pre_x_row.data(), pre_tile.data());
         } else {
           pack_input_row(p, x, n, ih, dst);
         }
@@ -393,7 +471,7 @@ void conv_typed(const ConvProblem& p) {
         }
         rows_of = row * pre_chunks + row_chunk;
       }
-      const int64_t pixel_stride = direct_input ? p.x_sw : p.c_in;
+      const int64_t pixel_stride = direct_input ? p.x_sw : in_ps;
       const int64_t b0 = chunk * blocks / chunks, b1 = (chunk + 1) * blocks / chunks;
       // This chunk's channels of the row's partial sums: blocks are contiguous in channels.
       float* row_sum = p.row_sums ? p.row_sums + row * p.c_out : nullptr;
@@ -407,9 +485,9 @@ void conv_typed(const ConvProblem& p) {
       for (int64_t block = b0; block < b1; ++block) {
         const int64_t g = block / p.co_blocks, cb = block % p.co_blocks;
         const int64_t co_local0 = cb * vw;
-        const int64_t co0 = g * p.cout_g + co_local0;
-        const int64_t valid = std::min(vw, p.cout_g - co_local0);
-        Tile t{rows, pixel_stride, 0, p.stride, p.k, p.cin_g, g * p.cin_g, p.w_packed + block * w_block_stride,
+        const int64_t co0 = g * kcout_g + co_local0;
+        const int64_t valid = std::min(vw, std::min(kcout_g, p.c_out - g * kcout_g) - co_local0);
+        Tile t{rows, pixel_stride, 0, p.stride, p.k, p.cin_g, g * kcin_g, p.w_packed + block * w_block_stride,
                p.b_packed + block * vw, tile.data()};
         for (int64_t pb = 0, ow0 = 0; pb < px_blocks; ++pb) {
           const int64_t np = (p.w_out - ow0 + (px_blocks - pb) - 1) / (px_blocks - pb);
@@ -418,14 +496,14 @@ void conv_typed(const ConvProblem& p) {
           for (int64_t q = 0; q < np; ++q) {
             const int64_t ow = ow0 + q;
             for (int64_t c = 0; c < valid; c += kLanes) {
+              Vec v = Vec::loadu(tile.data() + q * vw + c);
+              if (p.pair_groups) v = from_pairs(v);  // the pair's channels in their natural order
               if (post) {  // post's input row, not y
-                store_intermediate(Vec::loadu(tile.data() + q * vw + c), p.relu,
-                                   post_row.data() + ow * p.c_out + co0 + c, std::min(kLanes, valid - c));
+                store_intermediate(v, p.relu, post_row.data() + ow * p.c_out + co0 + c, std::min(kLanes, valid - c));
                 continue;
               }
-              epilogue(p, Vec::loadu(tile.data() + q * vw + c), res_row ? res_row + ow * p.r_sw + co0 + c : nullptr,
-                       y_row + ow * p.y_sw + co0 + c, row_sum ? row_sum + co0 + c : nullptr,
-                       std::min(kLanes, valid - c));
+              epilogue(p, v, res_row ? res_row + ow * p.r_sw + co0 + c : nullptr, y_row + ow * p.y_sw + co0 + c,
+                       row_sum ? row_sum + co0 + c : nullptr, std::min(kLanes, valid - c));
             }
           }
           ow0 += np;

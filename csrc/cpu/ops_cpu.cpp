@@ -97,12 +97,26 @@ at::Tensor fc_as_float(const char* op, const char* name, const at::Tensor& w, co
   return as_float_param(op, name, w.dim() == 2 ? w : w.flatten(1), x, {shape[0], shape[1]});
 }
 
+// How a conv's weights are packed for the kernel (ConvProblem: nv, co_blocks, pair_groups).
+struct WeightLayout {
+  int64_t groups, nv, co_blocks, lanes;
+  bool pair_groups;
+  bool operator==(const WeightLayout& o) const {
+    return groups == o.groups && nv == o.nv && co_blocks == o.co_blocks && lanes == o.lanes &&
+           pair_groups == o.pair_groups;
+  }
+};
+
 // Weight [C_out, C_in/groups, k, k] repacked to fp32 [group][block][kh][kw][ci][nv * lanes],
-// zero-padded to whole vectors, and the bias to [group][block][nv * lanes].
+// zero-padded to whole vectors, and the bias to [group][block][nv * lanes]. With paired groups
+// a "group" is a pair of groups with their lanes interleaved: lane 2i + j holds output channel i
+// of group j of the pair (kernel_args.h).
 std::pair<at::Tensor, at::Tensor> pack_weights(const at::Tensor& weight, const std::optional<at::Tensor>& bias,
-                                               int64_t groups, int64_t nv, int64_t co_blocks, int64_t lanes) {
+                                               const WeightLayout& layout) {
+  const int64_t groups = layout.groups, nv = layout.nv, co_blocks = layout.co_blocks, lanes = layout.lanes;
   const int64_t cout_g = weight.size(0) / groups, cin_g = weight.size(1), k = weight.size(2);
-  const int64_t vw = nv * lanes, blocks = groups * co_blocks;
+  const int64_t per_group = layout.pair_groups ? 2 : 1, kgroups = (groups + per_group - 1) / per_group;
+  const int64_t vw = nv * lanes, blocks = kgroups * co_blocks;
   auto w32 = weight.to(at::kFloat);  // a no-op for fp32 weights; strides are honoured below
   auto b32 = bias ? bias->to(at::kFloat).contiguous() : at::Tensor();
   auto w_packed = at::zeros({blocks * k * k * cin_g * vw}, weight.options().dtype(at::kFloat));
@@ -112,18 +126,27 @@ std::pair<at::Tensor, at::Tensor> pack_weights(const at::Tensor& weight, const s
   float* wp = w_packed.mutable_data_ptr<float>();
   float* bp = b_packed.mutable_data_ptr<float>();
   const float* bsrc = bias ? b32.const_data_ptr<float>() : nullptr;
+  // Lane j of a block: output channel co0 + j, or paired, channel j / 2 of group 2 g + j % 2 (-1: none).
+  const auto lane_channel = [&](int64_t g, int64_t cb, int64_t j) -> int64_t {
+    if (!layout.pair_groups) return cb * vw + j < cout_g ? g * cout_g + cb * vw + j : -1;
+    const int64_t group = 2 * g + j % 2;
+    return group < groups ? group * cout_g + j / 2 : -1;
+  };
   parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
     for (int64_t block = b0; block < b1; ++block) {
       const int64_t g = block / co_blocks, cb = block % co_blocks;
-      const int64_t valid = std::min(vw, cout_g - cb * vw);
-      const int64_t co0 = g * cout_g + cb * vw;
       float* dst = wp + block * k * k * cin_g * vw;
       for (int64_t kh = 0; kh < k; ++kh)
         for (int64_t kw = 0; kw < k; ++kw)
           for (int64_t ci = 0; ci < cin_g; ++ci, dst += vw)
-            for (int64_t j = 0; j < valid; ++j) dst[j] = src[(co0 + j) * s0 + ci * s1 + kh * s2 + kw * s3];
-      if (bsrc)
-        for (int64_t j = 0; j < valid; ++j) bp[block * vw + j] = bsrc[co0 + j];
+            for (int64_t j = 0; j < vw; ++j) {
+              const int64_t co = lane_channel(g, cb, j);
+              if (co >= 0) dst[j] = src[co * s0 + ci * s1 + kh * s2 + kw * s3];
+            }
+      for (int64_t j = 0; bsrc && j < vw; ++j) {
+        const int64_t co = lane_channel(g, cb, j);
+        if (co >= 0) bp[block * vw + j] = bsrc[co];
+      }
     }
   });
   return {w_packed, b_packed};
@@ -140,11 +163,11 @@ std::pair<at::Tensor, at::Tensor> pack_weights(const at::Tensor& weight, const s
 class PackedWeightCache {
  public:
   std::pair<at::Tensor, at::Tensor> get(const at::Tensor& weight, const std::optional<at::Tensor>& bias,
-                                        int64_t groups, int64_t nv, int64_t co_blocks, int64_t lanes) {
+                                        const WeightLayout& layout) {
     if (weight.is_inference() || (bias && bias->is_inference())) {
-      return pack_weights(weight, bias, groups, nv, co_blocks, lanes);
+      return pack_weights(weight, bias, layout);
     }
-    Entry probe = describe(weight, bias, groups, nv, co_blocks, lanes);
+    Entry probe = describe(weight, bias, layout);
     std::lock_guard<std::mutex> lock(mu_);
     auto& bucket = entries_[probe.w.data];
     for (const Entry& e : bucket) {
@@ -156,7 +179,7 @@ class PackedWeightCache {
     prune_locked();  // on every miss (rare, and dearer than the scan): dead weights' copies go
     {
       CpuPoolBypass long_lived;  // the copy lives as long as the weight, not the forward
-      probe.set_packed(pack_weights(weight, bias, groups, nv, co_blocks, lanes));
+      probe.set_packed(pack_weights(weight, bias, layout));
     }
     entries_[probe.w.data].push_back(probe);  // (the prune may have dropped `bucket`)
     ++size_;
@@ -209,12 +232,11 @@ class PackedWeightCache {
 
   struct Entry {
     Source w, b;
-    int64_t groups = 0, nv = 0, co_blocks = 0, lanes = 0;
+    WeightLayout layout{};
     at::Tensor w_packed, b_packed;
 
     bool matches(const Entry& probe, const at::Tensor& weight, const std::optional<at::Tensor>& bias) const {
-      return groups == probe.groups && nv == probe.nv && co_blocks == probe.co_blocks && lanes == probe.lanes &&
-             w.same(probe.w, &weight) && b.same(probe.b, bias ? &*bias : nullptr);
+      return layout == probe.layout && w.same(probe.w, &weight) && b.same(probe.b, bias ? &*bias : nullptr);
     }
     void set_packed(std::pair<at::Tensor, at::Tensor> packed) {
       w_packed = std::move(packed.first);
@@ -222,12 +244,11 @@ class PackedWeightCache {
     }
   };
 
-  static Entry describe(const at::Tensor& weight, const std::optional<at::Tensor>& bias, int64_t groups, int64_t nv,
-                        int64_t co_blocks, int64_t lanes) {
+  static Entry describe(const at::Tensor& weight, const std::optional<at::Tensor>& bias, const WeightLayout& layout) {
     Entry e;
     e.w = Source::of(weight);
     if (bias) e.b = Source::of(*bias);
-    e.groups = groups, e.nv = nv, e.co_blocks = co_blocks, e.lanes = lanes;
+    e.layout = layout;
     return e;
   }
 
@@ -334,10 +355,13 @@ ConvProblem conv_problem(const char* op, const char* in, at::IntArrayRef in_shap
   }
   const IsaKernels& isa = selected_kernels();
   const int64_t cout_g = c_out / groups, cin_g = c_in / groups;
+  // Group width half a vector (8 with AVX-512): pairs of groups share a vector (kernel_args.h),
+  // so no lane idles. (3x3 only: an unpadded 1x1 may read x in place, in its channel order.)
+  const bool pair_groups = k == 3 && groups > 1 && cin_g == cout_g && 2 * cout_g == isa.lanes;
   const int64_t vectors = (cout_g + isa.lanes - 1) / isa.lanes;
-  const int64_t nv = vectors_per_block(isa, vectors, w_out, cin_g * k * k);
+  const int64_t nv = pair_groups ? 1 : vectors_per_block(isa, vectors, w_out, cin_g * k * k);
   const int64_t co_blocks = (vectors + nv - 1) / nv;
-  packed = packed_weight_cache().get(weight, bias, groups, nv, co_blocks, isa.lanes);
+  packed = packed_weight_cache().get(weight, bias, {groups, nv, co_blocks, isa.lanes, pair_groups});
 
   ConvProblem p{};
   p.dtype = x.scalar_type();
@@ -345,7 +369,7 @@ ConvProblem conv_problem(const char* op, const char* in, at::IntArrayRef in_shap
   p.k = k, p.stride = stride, p.pad = padding, p.groups = groups, p.cin_g = cin_g, p.cout_g = cout_g;
   p.w_packed = packed.first.const_data_ptr<float>();
   p.b_packed = packed.second.const_data_ptr<float>();
-  p.nv = nv, p.co_blocks = co_blocks;
+  p.nv = nv, p.co_blocks = co_blocks, p.pair_groups = pair_groups;
   p.relu = relu;
   p.c_out = c_out, p.h_out = h_out, p.w_out = w_out;
   return p;
