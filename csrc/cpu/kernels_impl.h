@@ -102,7 +102,7 @@ inline Vec broadcast_input(const float* x, int64_t ci) {
 
 // K (the kernel size) is a template parameter so the tap loops unroll: with runtime tap loops
 // GCC kept the accumulators on the stack, storing and reloading all of them for every tap.
-template <int P, int NV, int K, bool PAIRS = false>
+template <int P, int NV, int K>
 void micro_kernel(const Tile& t) {
   constexpr int64_t VW = NV * kLanes;
   Vec acc[P][NV];
@@ -121,7 +121,7 @@ void micro_kernel(const Tile& t) {
         Vec wv[NV];
         for (int v = 0; v < NV; ++v) wv[v] = Vec::loadu(w + v * kLanes);
         for (int p = 0; p < P; ++p) {
-          const Vec xb = broadcast_input<PAIRS>(x + p * pix_step, ci);
+          const Vec xb(x[p * pix_step + ci]);
           for (int v = 0; v < NV; ++v) acc[p][v] = at::vec::fmadd(wv[v], xb, acc[p][v]);
         }
       }
@@ -131,13 +131,17 @@ void micro_kernel(const Tile& t) {
     for (int v = 0; v < NV; ++v) acc[p][v].store(t.out + p * VW + v * kLanes);
 }
 
-// The 3x3 stride-1 micro-kernel for one vector of output channels (group widths 8 and 16, most
-// grouped convs of the zoo). The generic kernel broadcasts each input value once per tap it
-// meets: per input channel and kernel row 3 x (1 weight + P broadcasts) loads for 3P FMAs, so it
-// is bound by loads. Here each of the row's P + 2 input values is broadcast once and feeds the up
-// to three output pixels it contributes to: 3 weights + P + 2 broadcasts for the same 3P FMAs.
-template <int P, bool PAIRS = false>
-void micro_kernel_3x3_s1_nv1(const Tile& t) {
+// The 3x3 micro-kernel for one vector of output channels (group widths 8, paired, and 16: most
+// grouped convs of the zoo), stride S. The generic kernel broadcasts each input value once per
+// tap it meets: per input channel and kernel row 3 x (1 weight + P broadcasts) loads for 3P FMAs,
+// which bound it on the Intel Xeon of Step 6. Here each of the row's S (P - 1) + 3 input values is
+// broadcast once and feeds the output pixels it contributes to (up to three at stride 1, one or
+// two at stride 2): 3 weights + P + 2 (stride 1) or 2P + 1 (stride 2) broadcasts for the same 3P
+// FMAs. (On the AMD EPYC, FMA-bound, stride 2 measured the same as the generic kernel: NOTES,
+// Step 13; one kernel serves both strides and the paired groups.) The tap conditions are
+// compile-time once the loops unroll.
+template <int P, int S, bool PAIRS>
+void micro_kernel_3x3_nv1(const Tile& t) {
   Vec acc[P];
   const Vec bias = Vec::loadu(t.b);
   for (int p = 0; p < P; ++p) acc[p] = bias;
@@ -146,13 +150,15 @@ void micro_kernel_3x3_s1_nv1(const Tile& t) {
     const float* x = t.rows[kh] + t.in_col0 * ps + t.ci0;
     const float* w = t.w + kh * 3 * tap_stride;
     for (int64_t ci = 0; ci < t.cin_g; ++ci, w += kLanes) {
-      const Vec w0 = Vec::loadu(w), w1 = Vec::loadu(w + tap_stride), w2 = Vec::loadu(w + 2 * tap_stride);
-#pragma GCC unroll 16
-      for (int j = 0; j < P + 2; ++j) {
+      const Vec wk[3] = {Vec::loadu(w), Vec::loadu(w + tap_stride), Vec::loadu(w + 2 * tap_stride)};
+#pragma GCC unroll 32
+      for (int j = 0; j < S * (P - 1) + 3; ++j) {
         const Vec xb = broadcast_input<PAIRS>(x + j * ps, ci);
-        if (j < P) acc[j] = at::vec::fmadd(w0, xb, acc[j]);
-        if (j >= 1 && j <= P) acc[j - 1] = at::vec::fmadd(w1, xb, acc[j - 1]);
-        if (j >= 2) acc[j - 2] = at::vec::fmadd(w2, xb, acc[j - 2]);
+#pragma GCC unroll 3
+        for (int kw = 0; kw < 3; ++kw) {
+          const int d = j - kw;  // input column j is tap kw of output pixel d / S
+          if (d >= 0 && d % S == 0 && d / S < P) acc[d / S] = at::vec::fmadd(wk[kw], xb, acc[d / S]);
+        }
       }
     }
   }
@@ -161,10 +167,10 @@ void micro_kernel_3x3_s1_nv1(const Tile& t) {
 
 using MicroFn = void (*)(const Tile&);
 
-template <int P, int NV, int K, bool PAIRS = false>
+template <int P, int NV, int K>
 constexpr MicroFn micro_entry() {
   if constexpr (P <= max_pixels_for(NV)) {
-    return &micro_kernel<P, NV, K, PAIRS>;
+    return &micro_kernel<P, NV, K>;
   } else {
     return nullptr;  // would not fit in registers; never chosen (see max_pixels_for)
   }
@@ -184,43 +190,27 @@ constexpr MicroTable micro_tables() {
           micro_table<3, K>(pixels), micro_table<4, K>(pixels)};
 }
 
-// kMicro1x1/kMicro3x3[nv][p]: the micro-kernel for p pixels x nv vectors (nullptr where it
-// would not fit in registers); kMicro3x3s1 for stride 1 (single vectors: micro_kernel_3x3_s1_nv1).
+// kMicro1x1[nv][p]: the micro-kernel for p pixels x nv vectors (nullptr where it would not fit
+// in registers). kMicro3x3s1/s2 likewise, with micro_kernel_3x3_nv1 for single vectors; the
+// Pairs tables for paired groups (one vector per pair: nv = 1 only).
 inline constexpr MicroTable kMicro1x1 = micro_tables<1>();
-inline constexpr MicroTable kMicro3x3 = micro_tables<3>();
 
-template <int... Ps>
-constexpr std::array<MicroFn, kMaxPixels + 1> micro_3x3_s1_nv1_table(std::integer_sequence<int, Ps...>) {
-  return {nullptr, &micro_kernel_3x3_s1_nv1<Ps + 1>...};
+template <int S, bool PAIRS, int... Ps>
+constexpr std::array<MicroFn, kMaxPixels + 1> micro_3x3_nv1_table(std::integer_sequence<int, Ps...>) {
+  return {nullptr, &micro_kernel_3x3_nv1<Ps + 1, S, PAIRS>...};
 }
 
-constexpr MicroTable micro_3x3_s1_tables() {
-  MicroTable table = micro_tables<3>();
-  table[1] = micro_3x3_s1_nv1_table(std::make_integer_sequence<int, kMaxPixels>{});
+template <int S, bool PAIRS>
+constexpr MicroTable micro_3x3_tables() {
+  MicroTable table = PAIRS ? MicroTable{} : micro_tables<3>();
+  table[1] = micro_3x3_nv1_table<S, PAIRS>(std::make_integer_sequence<int, kMaxPixels>{});
   return table;
 }
 
-inline constexpr MicroTable kMicro3x3s1 = micro_3x3_s1_tables();
-
-// Paired groups (one vector per pair, so only nv = 1): kMicro3x3Pairs, kMicro3x3s1Pairs.
-template <bool S1, int... Ps>
-constexpr std::array<MicroFn, kMaxPixels + 1> micro_pairs_table(std::integer_sequence<int, Ps...>) {
-  if constexpr (S1) {
-    return {nullptr, &micro_kernel_3x3_s1_nv1<Ps + 1, true>...};
-  } else {
-    return {nullptr, micro_entry<Ps + 1, 1, 3, true>()...};
-  }
-}
-
-template <bool S1>
-constexpr MicroTable micro_pairs_tables() {
-  MicroTable table{};
-  table[1] = micro_pairs_table<S1>(std::make_integer_sequence<int, kMaxPixels>{});
-  return table;
-}
-
-inline constexpr MicroTable kMicro3x3Pairs = micro_pairs_tables<false>();
-inline constexpr MicroTable kMicro3x3s1Pairs = micro_pairs_tables<true>();
+inline constexpr MicroTable kMicro3x3s1 = micro_3x3_tables<1, false>();
+inline constexpr MicroTable kMicro3x3s2 = micro_3x3_tables<2, false>();
+inline constexpr MicroTable kMicro3x3s1Pairs = micro_3x3_tables<1, true>();
+inline constexpr MicroTable kMicro3x3s2Pairs = micro_3x3_tables<2, true>();
 
 // Floats per pixel of a packed input row: the channels, or with paired groups whole pairs.
 inline int64_t packed_pixel_stride(const ConvProblem& p) {
@@ -397,10 +387,9 @@ void conv_typed(const ConvProblem& p) {
   const int64_t blocks = kgroups * p.co_blocks;
   const ConvProblem* post = p.post;
   const int64_t chunks = post ? 1 : balanced_chunks(rows_out, blocks, at::get_num_threads());
-  const MicroTable& micro = p.k == 1                ? kMicro1x1
-                            : p.pair_groups          ? (p.stride == 1 ? kMicro3x3s1Pairs : kMicro3x3Pairs)
-                            : p.stride == 1          ? kMicro3x3s1
-                                                     : kMicro3x3;
+  const MicroTable& micro = p.k == 1 ? kMicro1x1
+                            : p.pair_groups ? (p.stride == 1 ? kMicro3x3s1Pairs : kMicro3x3s2Pairs)
+                                            : (p.stride == 1 ? kMicro3x3s1 : kMicro3x3s2);
   // An unpadded fp32 1x1 conv without a gate reads x's rows in place: a copy would only repeat
   // them (x's channel stride is 1, its pixel stride is given to the micro-kernel).
   bool direct_input = false;
