@@ -197,19 +197,21 @@ def test_conv_bf16_onednn_route(case, onednn_route):
     check_onednn_route(case, ("residual_relu", "sums_relu")[case.stride - 1], torch.bfloat16)
 
 
-# Group width 8 with AVX-512 (half a vector): pairs of groups share a vector, lanes interleaved
-# (kernel_args.h, pair_groups). One group (no pair), even and odd group counts (the last pair half
-# empty), stride 1 and 2, odd maps, batch > 1, and 7-row maps at batch 1 (rows split into chunks).
-PAIRED_GROUP_CASES = [ConvCase(n, c, c, h, w, 3, stride, c // 8) for n, c, h, w, stride in
-                      ((2, 8, 9, 9, 1), (1, 16, 15, 13, 2), (3, 24, 7, 7, 1), (1, 104, 7, 7, 1), (2, 104, 13, 15, 2),
-                       (1, 40, 1, 1, 1), (2, 56, 14, 14, 2))]
+# Group widths 8 and 24 with AVX-512 (odd numbers of half vectors): pairs of groups share
+# vectors, lanes interleaved (kernel_args.h, pair_groups). One group (no pair), even and odd group
+# counts (the last pair's second group empty), stride 1 and 2, odd maps, batch > 1, and 7-row
+# maps at batch 1 (rows split into chunks).
+PAIRED_GROUP_CASES = [ConvCase(n, c, c, h, w, 3, stride, c // gw) for n, c, h, w, stride, gw in
+                      ((2, 8, 9, 9, 1, 8), (1, 16, 15, 13, 2, 8), (3, 24, 7, 7, 1, 8), (1, 104, 7, 7, 1, 8),
+                       (2, 104, 13, 15, 2, 8), (1, 40, 1, 1, 1, 8), (2, 56, 14, 14, 2, 8), (2, 24, 5, 6, 1, 24),
+                       (1, 48, 11, 11, 2, 24), (2, 72, 9, 7, 1, 24), (1, 120, 7, 7, 1, 24), (1, 72, 14, 14, 2, 24))]
 
 
 @pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16))
 @pytest.mark.parametrize("case", PAIRED_GROUP_CASES, ids=str)
 def test_native_conv_paired_groups(case, dtype):
-    """The native op called directly at group width 8 (paired groups on AVX-512), with the
-    residual and ReLU or the channel sums, vs float64."""
+    """The native op called directly at group widths 8 and 24 (paired groups on AVX-512), with
+    the residual and ReLU or the channel sums, vs float64."""
     variant = ("residual_relu", "sums_relu")[PAIRED_GROUP_CASES.index(case) % 2]
     x, w, b = conv_inputs(case, dtype)
     kw = conv_variant_kwargs(case, variant, dtype, True, False)
@@ -248,7 +250,7 @@ PAIR_CASES = [(1, 32, 32, 15, 15, 3, 2, 16), (2, 24, 48, 13, 13, 3, 1, 24), (1, 
               (1, 208, 208, 7, 7, 3, 1, 8), (1, 13, 40, 8, 8, 3, 2, 8), (3, 48, 112, 5, 6, 3, 2, 56),
               (1, 64, 128, 1, 1, 3, 1, 64), (2, 96, 464, 7, 7, 3, 1, 232), (1, 32, 464, 7, 7, 3, 2, 232),
               (1, 112, 112, 15, 15, 3, 2, 112), (2, 40, 24, 9, 9, 1, 2, 24), (5, 16, 16, 2, 3, 3, 1, 8),
-              (1, 48, 104, 7, 7, 3, 1, 8)]
+              (1, 48, 104, 7, 7, 3, 1, 8), (1, 40, 72, 7, 7, 3, 1, 24)]
 
 
 def pair_inputs(case, dtype, channels_last=True, noncontig=False):
@@ -278,7 +280,8 @@ def test_conv1x1_conv_pair(case, layout, dtype):
 
 
 @pytest.mark.parametrize("threads,case", [(3, (1, 32, 96, 5, 5, 3, 1, 48)), (3, (2, 32, 96, 5, 7, 3, 1, 48)),
-                                          (4, (1, 24, 192, 7, 7, 3, 1, 64)), (3, (1, 24, 40, 5, 5, 3, 1, 8))], ids=str)
+                                          (4, (1, 24, 192, 7, 7, 3, 1, 64)), (3, (1, 24, 40, 5, 5, 3, 1, 8)),
+                                          (3, (1, 24, 72, 5, 5, 3, 1, 24))], ids=str)
 def test_conv1x1_conv_pair_chunks_split_between_threads(threads, case):
     """Rows split into channel chunks that a thread's run of work items crosses, each chunk
     computing only its own channels of K1: a 5-row map with 2 groups of 48 (one block each, and
@@ -571,8 +574,8 @@ ISA_SCRIPT = textwrap.dedent("""
     import torch, regnet_kernels as rk
     from tests.kernel_cases import ConvCase, grouped_cases, pointwise_cases, random_tensor, assert_accurate
     from regnet_kernels.testing import poison_outputs
-    # + group width 4: paired groups where a vector has 8 lanes (odd and even group counts)
-    paired = [ConvCase(2, 12, 12, 7, 9, 3, 1, 3), ConvCase(1, 16, 16, 6, 5, 3, 2, 4)]
+    # + group widths 4 and 12: paired groups where a vector has 8 lanes (odd and even group counts)
+    paired = [ConvCase(2, 12, 12, 7, 9, 3, 1, 3), ConvCase(1, 16, 16, 6, 5, 3, 2, 4), ConvCase(1, 36, 36, 7, 7, 3, 1, 3)]
     for case in grouped_cases(seed=7, per_width=1)[::2] + pointwise_cases()[:2] + paired:
         x = random_tensor((case.n, case.c_in, case.h, case.w))
         w = torch.randn(case.c_out, case.c_in // case.groups, case.k, case.k) / 8

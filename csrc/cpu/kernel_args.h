@@ -42,11 +42,13 @@ struct ConvProblem {
   const float* w_packed;
   const float* b_packed;  // [group][co_block][nv * lanes] fp32 (zeros without bias)
   int64_t nv, co_blocks;  // vectors per output-channel block, blocks per group
-  // Paired groups (3x3 grouped convs whose group width is half a vector: 8 with AVX-512): the
-  // kernel's "groups" are pairs of groups, one vector of output channels each, lanes interleaved
-  // (lane 2i + j: channel i of the pair's group j; kernels_impl.h, to_pairs). w_packed is then
-  // [pair][kh][kw][ci][lanes] and b_packed [pair][lanes] in that lane order (nv = co_blocks = 1;
-  // an odd group count leaves the last pair's second half zero).
+  // Paired groups (3x3 grouped convs whose group width is an odd number of half vectors, at most
+  // 4 vectors a pair: 8 or 24 with AVX-512): the kernel's "groups" are pairs of groups; vector k
+  // of a pair holds the k-th half-vector chunk of both groups' output channels, lanes interleaved
+  // (lane 2i + j: channel k * lanes/2 + i of the pair's group j; kernels_impl.h). w_packed is then
+  // [pair][kh][kw][ci][nv * lanes] and b_packed [pair][nv * lanes] in that lane order, with
+  // nv = 2 cout_g / lanes and co_blocks = 1; an odd group count leaves the last pair's second
+  // group zero.
   bool pair_groups;
 
   const void* residual;  // like y, or nullptr

@@ -64,22 +64,20 @@ struct Tile {
   float* out;              // [P][NV * lanes]
 };
 
-// Paired groups (ConvProblem::pair_groups): where a group's width is half a vector (8 channels
-// with AVX-512's 16 lanes), one vector holds the output channels of two groups, interleaved
-// (lane 2i + j: channel i of group j of the pair), so each FMA does useful work on every lane
-// instead of half of them. Packed input rows hold each pair's input channels interleaved the same
-// way, so one 8-byte broadcast (x[group 0][ci], x[group 1][ci]) feeds the lanes of both groups.
-// to_pairs / from_pairs convert a vector of the pair's channels in their natural order (group 0's
-// then group 1's) to that layout and back.
+// Paired groups (ConvProblem::pair_groups): where a group's width is an odd number of half
+// vectors (8 or 24 channels with AVX-512's 16 lanes), its last vector would be half empty. Two
+// groups then share vectors: vector k of a pair holds the k-th half-vector chunk of both groups'
+// output channels, interleaved (lane 2i + j: channel k * lanes/2 + i of group j of the pair), so
+// every FMA does useful work on every lane. Packed input rows hold each pair's input channels
+// interleaved the same way (x[group 0][ci], x[group 1][ci], ...), so one 8-byte broadcast feeds
+// the lanes of both groups. from_pairs turns a vector of that layout into the two chunks in
+// their natural order (group 0's, then group 1's).
+constexpr int64_t kHalf = kLanes / 2;
+
 constexpr int64_t lane_mask(int64_t from, int64_t step) {
   int64_t mask = 0;
   for (int64_t lane = from; lane < kLanes; lane += step) mask |= int64_t{1} << lane;
   return mask;
-}
-
-inline Vec to_pairs(const Vec& v) {
-  const auto halves = at::vec::interleave2(v, v);  // (v0 v0 v1 v1 ..., v8 v8 v9 v9 ...) with 16 lanes
-  return Vec::blend<lane_mask(1, 2)>(halves.first, halves.second);  // v0 v8 v1 v9 ...
 }
 
 inline Vec from_pairs(const Vec& v) {
@@ -102,7 +100,7 @@ inline Vec broadcast_input(const float* x, int64_t ci) {
 
 // K (the kernel size) is a template parameter so the tap loops unroll: with runtime tap loops
 // GCC kept the accumulators on the stack, storing and reloading all of them for every tap.
-template <int P, int NV, int K>
+template <int P, int NV, int K, bool PAIRS = false>
 void micro_kernel(const Tile& t) {
   constexpr int64_t VW = NV * kLanes;
   Vec acc[P][NV];
@@ -121,7 +119,7 @@ void micro_kernel(const Tile& t) {
         Vec wv[NV];
         for (int v = 0; v < NV; ++v) wv[v] = Vec::loadu(w + v * kLanes);
         for (int p = 0; p < P; ++p) {
-          const Vec xb(x[p * pix_step + ci]);
+          const Vec xb = broadcast_input<PAIRS>(x + p * pix_step, ci);
           for (int v = 0; v < NV; ++v) acc[p][v] = at::vec::fmadd(wv[v], xb, acc[p][v]);
         }
       }
@@ -167,32 +165,32 @@ void micro_kernel_3x3_nv1(const Tile& t) {
 
 using MicroFn = void (*)(const Tile&);
 
-template <int P, int NV, int K>
+template <int P, int NV, int K, bool PAIRS>
 constexpr MicroFn micro_entry() {
   if constexpr (P <= max_pixels_for(NV)) {
-    return &micro_kernel<P, NV, K>;
+    return &micro_kernel<P, NV, K, PAIRS>;
   } else {
     return nullptr;  // would not fit in registers; never chosen (see max_pixels_for)
   }
 }
 
-template <int NV, int K, int... Ps>
+template <int NV, int K, bool PAIRS, int... Ps>
 constexpr std::array<MicroFn, kMaxPixels + 1> micro_table(std::integer_sequence<int, Ps...>) {
-  return {nullptr, micro_entry<Ps + 1, NV, K>()...};
+  return {nullptr, micro_entry<Ps + 1, NV, K, PAIRS>()...};
 }
 
 using MicroTable = std::array<std::array<MicroFn, kMaxPixels + 1>, kMaxNv + 1>;
 
-template <int K>
+template <int K, bool PAIRS = false>
 constexpr MicroTable micro_tables() {
   constexpr auto pixels = std::make_integer_sequence<int, kMaxPixels>{};
-  return {std::array<MicroFn, kMaxPixels + 1>{}, micro_table<1, K>(pixels), micro_table<2, K>(pixels),
-          micro_table<3, K>(pixels), micro_table<4, K>(pixels)};
+  return {std::array<MicroFn, kMaxPixels + 1>{}, micro_table<1, K, PAIRS>(pixels), micro_table<2, K, PAIRS>(pixels),
+          micro_table<3, K, PAIRS>(pixels), micro_table<4, K, PAIRS>(pixels)};
 }
 
 // kMicro1x1[nv][p]: the micro-kernel for p pixels x nv vectors (nullptr where it would not fit
 // in registers). kMicro3x3s1/s2 likewise, with micro_kernel_3x3_nv1 for single vectors; the
-// Pairs tables for paired groups (one vector per pair: nv = 1 only).
+// Pairs tables for paired groups.
 inline constexpr MicroTable kMicro1x1 = micro_tables<1>();
 
 template <int S, bool PAIRS, int... Ps>
@@ -202,7 +200,7 @@ constexpr std::array<MicroFn, kMaxPixels + 1> micro_3x3_nv1_table(std::integer_s
 
 template <int S, bool PAIRS>
 constexpr MicroTable micro_3x3_tables() {
-  MicroTable table = PAIRS ? MicroTable{} : micro_tables<3>();
+  MicroTable table = micro_tables<3, PAIRS>();
   table[1] = micro_3x3_nv1_table<S, PAIRS>(std::make_integer_sequence<int, kMaxPixels>{});
   return table;
 }
@@ -212,36 +210,61 @@ inline constexpr MicroTable kMicro3x3s2 = micro_3x3_tables<2, false>();
 inline constexpr MicroTable kMicro3x3s1Pairs = micro_3x3_tables<1, true>();
 inline constexpr MicroTable kMicro3x3s2Pairs = micro_3x3_tables<2, true>();
 
-// Floats per pixel of a packed input row: the channels, or with paired groups whole pairs.
+// Groups per kernel group: 2 with paired groups (ConvProblem::pair_groups), else 1.
+inline int64_t groups_per_kernel_group(const ConvProblem& p) { return p.pair_groups ? 2 : 1; }
+
+// Floats per pixel of a packed input row: the channels, or with paired groups whole pairs (an
+// odd group count leaves the last pair's second group zero).
 inline int64_t packed_pixel_stride(const ConvProblem& p) {
-  return p.pair_groups ? (p.c_in + kLanes - 1) / kLanes * kLanes : p.c_in;
+  const int64_t span = p.cin_g * groups_per_kernel_group(p);
+  return p.pair_groups ? (p.c_in + span - 1) / span * span : p.c_in;
+}
+
+// w pixels of one row (pixel stride src_ps, channel stride 1), widened to fp32 and gated, into dst
+// (pixel stride packed_pixel_stride(p)). Paired groups: pairs [pair_lo, pair_hi) only, each
+// half-vector chunk of the two groups' channels interleaved into one vector.
+template <typename T>
+void pack_pixels(const ConvProblem& p, const T* src, int64_t src_ps, const float* gate, int64_t w, float* dst,
+                 int64_t pair_lo, int64_t pair_hi) {
+  const int64_t ps = packed_pixel_stride(p);
+  for (int64_t iw = 0; iw < w; ++iw) {
+    const T* in = src + iw * src_ps;
+    float* out = dst + iw * ps;
+    if (p.pair_groups) {
+      for (int64_t pair = pair_lo; pair < pair_hi; ++pair) {
+        for (int64_t c = 0; c < p.cin_g; c += kHalf) {
+          const int64_t c0 = 2 * pair * p.cin_g + c, c1 = c0 + p.cin_g;
+          const bool second = c1 < p.c_in;
+          Vec a = load_as_float(in + c0, kHalf), b = second ? load_as_float(in + c1, kHalf) : Vec(0.f);
+          if (gate) {
+            a = a * Vec::loadu(gate + c0, kHalf);
+            if (second) b = b * Vec::loadu(gate + c1, kHalf);
+          }
+          at::vec::interleave2(a, b).first.store(out + 2 * pair * p.cin_g + 2 * c);
+        }
+      }
+      continue;
+    }
+    int64_t c = 0;
+    for (; c + kLanes <= p.c_in; c += kLanes) {
+      Vec v = load_as_float(in + c);
+      if (gate) v = v * Vec::loadu(gate + c);
+      v.store(out + c);
+    }
+    if (c < p.c_in) {
+      Vec v = load_as_float(in + c, p.c_in - c);
+      if (gate) v = v * Vec::loadu(gate + c, p.c_in - c);
+      v.store(out + c, p.c_in - c);
+    }
+  }
 }
 
 // One input row of x (n, ih), widened to fp32 and gated, into dst's columns pad..pad+w-1.
 template <typename scalar_t>
 void pack_input_row(const ConvProblem& p, const scalar_t* x, int64_t n, int64_t ih, float* dst) {
-  const scalar_t* src_row = x + n * p.x_sn + ih * p.x_sh;
   const float* gate = p.gate ? p.gate + n * p.gate_sn : nullptr;
-  const int64_t ps = packed_pixel_stride(p);
-  for (int64_t iw = 0; iw < p.w; ++iw) {
-    const scalar_t* src = src_row + iw * p.x_sw;
-    float* out = dst + (iw + p.pad) * ps;
-    int64_t c = 0;
-    for (; c + kLanes <= p.c_in; c += kLanes) {
-      Vec v = load_as_float(src + c);
-      if (gate) v = v * Vec::loadu(gate + c);
-      (p.pair_groups ? to_pairs(v) : v).store(out + c);
-    }
-    if (c < p.c_in) {
-      Vec v = load_as_float(src + c, p.c_in - c);
-      if (gate) v = v * Vec::loadu(gate + c, p.c_in - c);
-      if (p.pair_groups) {
-        to_pairs(v).store(out + c);  // a lone last group: its pair's other half is zero
-      } else {
-        v.store(out + c, p.c_in - c);
-      }
-    }
-  }
+  const int64_t pairs = (p.groups + 1) / 2;
+  pack_pixels(p, x + n * p.x_sn + ih * p.x_sh, p.x_sw, gate, p.w, dst + p.pad * packed_pixel_stride(p), 0, pairs);
 }
 
 // `count` lanes of v, after ReLU if asked, into an fp32 row buffer (a fused conv's intermediate).
@@ -280,12 +303,12 @@ void conv1x1_row(const ConvProblem& q, const float* row, int64_t ps, int64_t blo
 }
 
 // Output channels [c_lo, c_hi) (rounded out to whole blocks) of row (n, ih) of `pre`, an unpadded
-// stride-1 1x1 conv (K1), into dst (pixel stride dst_ps) in fp32, after its bias and ReLU; in the
-// paired-group layout (to_pairs) if `pairs`. x_row: scratch for one fp32 input row when pre's x
-// is not fp32 (fp32 is read in place); tile: kMaxPixels x pre's block width.
+// stride-1 1x1 conv (K1), into dst (pixel stride dst_ps) in fp32, after its bias and ReLU. x_row:
+// scratch for one fp32 input row when pre's x is not fp32 (fp32 is read in place); tile:
+// kMaxPixels x pre's block width.
 template <typename scalar_t>
 void pre_conv_row(const ConvProblem& pre, int64_t n, int64_t ih, int64_t c_lo, int64_t c_hi, float* dst,
-                  int64_t dst_ps, bool pairs, float* x_row, float* tile) {
+                  int64_t dst_ps, float* x_row, float* tile) {
   const float* row = x_row;
   int64_t ps = pre.c_in;
   if constexpr (std::is_same_v<scalar_t, float>) {
@@ -297,8 +320,6 @@ void pre_conv_row(const ConvProblem& pre, int64_t n, int64_t ih, int64_t c_lo, i
   const int64_t vw = pre.nv * kLanes;
   const int64_t block_hi = std::min(pre.co_blocks, (c_hi + vw - 1) / vw);
   conv1x1_row(pre, row, ps, c_lo / vw, block_hi, tile, [&](int64_t ow, int64_t co, Vec v, int64_t count) {
-    // Paired: a whole vector (pre's channels past its last are zero, as its padded weights are).
-    if (pairs) v = to_pairs(v), count = kLanes;
     store_intermediate(v, pre.relu, dst + ow * dst_ps + co, count);
   });
 }
@@ -346,9 +367,6 @@ inline int64_t balanced_chunks(int64_t rows, int64_t blocks, int64_t threads) {
   }
   return std::max<int64_t>(1, blocks);
 }
-
-// Groups per kernel group: 2 with paired groups (ConvProblem::pair_groups), else 1.
-inline int64_t groups_per_kernel_group(const ConvProblem& p) { return p.pair_groups ? 2 : 1; }
 
 // First output channel of packed block `block` (blocks run group-major).
 inline int64_t block_channel(const ConvProblem& p, int64_t block) {
@@ -416,6 +434,7 @@ void conv_typed(const ConvProblem& p) {
     std::vector<float> tile(kMaxPixels * vw);
     std::vector<float> pre_tile(pre ? kMaxPixels * pre->nv * kLanes : 0);
     std::vector<float> pre_x_row(pre && !std::is_same_v<scalar_t, float> ? pre->w * pre->c_in : 0);
+    std::vector<float> pre_row(pre && p.pair_groups ? p.w * p.c_in : 0);  // K1's row before pairing
     std::vector<float> post_row(post ? p.w_out * p.c_out : 0);  // this conv's output row, post's input
     std::vector<float> post_tile(post ? kMaxPixels * post->nv * kLanes : 0);
     const float* zero_row = direct_input ? nullptr : buf.data() + kRowSlots * row_floats;
@@ -431,8 +450,15 @@ void conv_typed(const ConvProblem& p) {
           const int64_t b0 = chunk * blocks / chunks, b1 = (chunk + 1) * blocks / chunks;
           const int64_t c_lo = pre_chunks > 1 ? b0 / p.co_blocks * kcin_g : 0;
           const int64_t c_hi = pre_chunks > 1 ? std::min(p.c_in, ((b1 - 1) / p.co_blocks + 1) * kcin_g) : p.c_in;
-          pre_conv_row<scalar_t>(*pre, n, ih, c_lo, c_hi, dst + p.pad * in_ps, in_ps, p.pair_groups,
-                                 pre_x_row.data(), pre_tile.data());
+          if (p.pair_groups) {  // K1's row in channel order, then its pairs packed (c_lo: a pair's start)
+            pre_conv_row<scalar_t>(*pre, n, ih, c_lo, c_hi, pre_row.data(), p.c_in, pre_x_row.data(),
+                                   pre_tile.data());
+            pack_pixels(p, pre_row.data(), p.c_in, nullptr, p.w, dst + p.pad * in_ps, c_lo / kcin_g,
+                        (c_hi + kcin_g - 1) / kcin_g);
+          } else {
+            pre_conv_row<scalar_t>(*pre, n, ih, c_lo, c_hi, dst + p.pad * in_ps, in_ps, pre_x_row.data(),
+                                   pre_tile.data());
+          }
         } else {
           pack_input_row(p, x, n, ih, dst);
         }
@@ -484,15 +510,33 @@ void conv_typed(const ConvProblem& p) {
           micro[p.nv][np](t);
           for (int64_t q = 0; q < np; ++q) {
             const int64_t ow = ow0 + q;
-            for (int64_t c = 0; c < valid; c += kLanes) {
-              Vec v = Vec::loadu(tile.data() + q * vw + c);
-              if (p.pair_groups) v = from_pairs(v);  // the pair's channels in their natural order
-              if (post) {  // post's input row, not y
-                store_intermediate(v, p.relu, post_row.data() + ow * p.c_out + co0 + c, std::min(kLanes, valid - c));
+            // `count` channels from co: to post's input row, or the epilogue into y.
+            const auto emit = [&](Vec v, int64_t co, int64_t count) {
+              if (post) {
+                store_intermediate(v, p.relu, post_row.data() + ow * p.c_out + co, count);
+              } else {
+                epilogue(p, v, res_row ? res_row + ow * p.r_sw + co : nullptr, y_row + ow * p.y_sw + co,
+                         row_sum ? row_sum + co : nullptr, count);
+              }
+            };
+            if (!p.pair_groups) {
+              for (int64_t c = 0; c < valid; c += kLanes)
+                emit(Vec::loadu(tile.data() + q * vw + c), co0 + c, std::min(kLanes, valid - c));
+              continue;
+            }
+            // Paired: vector k holds chunk k of both groups (co_blocks is 1: the pair's vectors).
+            const int64_t first = 2 * g * p.cout_g;
+            const bool second = 2 * g + 1 < p.groups;
+            for (int64_t k = 0; k < p.nv; ++k) {
+              const Vec v = from_pairs(Vec::loadu(tile.data() + q * vw + k * kLanes));
+              if (p.cout_g == kHalf) {  // the two chunks are adjacent channels
+                emit(v, first, second ? kLanes : kHalf);
                 continue;
               }
-              epilogue(p, v, res_row ? res_row + ow * p.r_sw + co0 + c : nullptr, y_row + ow * p.y_sw + co0 + c,
-                       row_sum ? row_sum + co0 + c : nullptr, std::min(kLanes, valid - c));
+              __at_align__ float halves[kLanes];
+              v.store(halves);
+              emit(Vec::loadu(halves, kHalf), first + k * kHalf, kHalf);
+              if (second) emit(Vec::loadu(halves + kHalf, kHalf), first + p.cout_g + k * kHalf, kHalf);
             }
           }
           ow0 += np;

@@ -109,8 +109,8 @@ struct WeightLayout {
 
 // Weight [C_out, C_in/groups, k, k] repacked to fp32 [group][block][kh][kw][ci][nv * lanes],
 // zero-padded to whole vectors, and the bias to [group][block][nv * lanes]. With paired groups
-// a "group" is a pair of groups with their lanes interleaved: lane 2i + j holds output channel i
-// of group j of the pair (kernel_args.h).
+// a "group" is a pair of groups with their lanes interleaved: lane 2i + j of vector k holds
+// output channel k * lanes/2 + i of group j of the pair (kernel_args.h).
 std::pair<at::Tensor, at::Tensor> pack_weights(const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                                                const WeightLayout& layout) {
   const int64_t groups = layout.groups, nv = layout.nv, co_blocks = layout.co_blocks, lanes = layout.lanes;
@@ -126,11 +126,12 @@ std::pair<at::Tensor, at::Tensor> pack_weights(const at::Tensor& weight, const s
   float* wp = w_packed.mutable_data_ptr<float>();
   float* bp = b_packed.mutable_data_ptr<float>();
   const float* bsrc = bias ? b32.const_data_ptr<float>() : nullptr;
-  // Lane j of a block: output channel co0 + j, or paired, channel j / 2 of group 2 g + j % 2 (-1: none).
+  // Output channel of lane j of block cb of (kernel) group g, or -1 for a zero lane.
   const auto lane_channel = [&](int64_t g, int64_t cb, int64_t j) -> int64_t {
     if (!layout.pair_groups) return cb * vw + j < cout_g ? g * cout_g + cb * vw + j : -1;
-    const int64_t group = 2 * g + j % 2;
-    return group < groups ? group * cout_g + j / 2 : -1;
+    const int64_t vector = cb * nv + j / lanes, lane = j % lanes;
+    const int64_t group = 2 * g + lane % 2, channel = vector * (lanes / 2) + lane / 2;
+    return group < groups && channel < cout_g ? group * cout_g + channel : -1;
   };
   parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
     for (int64_t block = b0; block < b1; ++block) {
@@ -355,11 +356,14 @@ ConvProblem conv_problem(const char* op, const char* in, at::IntArrayRef in_shap
   }
   const IsaKernels& isa = selected_kernels();
   const int64_t cout_g = c_out / groups, cin_g = c_in / groups;
-  // Group width half a vector (8 with AVX-512): pairs of groups share a vector (kernel_args.h),
-  // so no lane idles. (3x3 only: an unpadded 1x1 may read x in place, in its channel order.)
-  const bool pair_groups = k == 3 && groups > 1 && cin_g == cout_g && 2 * cout_g == isa.lanes;
-  const int64_t vectors = (cout_g + isa.lanes - 1) / isa.lanes;
-  const int64_t nv = pair_groups ? 1 : vectors_per_block(isa, vectors, w_out, cin_g * k * k);
+  // A group width that is an odd number of half vectors, up to 4 vectors a pair (8 or 24 with
+  // AVX-512): pairs of groups share vectors (kernel_args.h), so no lane idles. (3x3 only: an
+  // unpadded 1x1 may read x in place, in its channel order.)
+  const int64_t half = isa.lanes / 2;
+  const bool pair_groups = k == 3 && groups > 1 && cin_g == cout_g && cout_g % half == 0 &&
+                           cout_g % isa.lanes != 0 && 2 * cout_g <= 4 * isa.lanes;
+  const int64_t vectors = pair_groups ? 2 * cout_g / isa.lanes : (cout_g + isa.lanes - 1) / isa.lanes;
+  const int64_t nv = pair_groups ? vectors : vectors_per_block(isa, vectors, w_out, cin_g * k * k);
   const int64_t co_blocks = (vectors + nv - 1) / nv;
   packed = packed_weight_cache().get(weight, bias, {groups, nv, co_blocks, isa.lanes, pair_groups});
 
