@@ -82,7 +82,7 @@ constexpr int64_t lane_mask(int64_t from, int64_t step) {
 
 inline Vec from_pairs(const Vec& v) {
   const auto parts = at::vec::deinterleave2(v, v);  // (even lanes twice, odd lanes twice)
-  return Vec::blend<lane_mask(kLanes / 2, 1)>(parts.first, parts.second);
+  return Vec::blend<lane_mask(kHalf, 1)>(parts.first, parts.second);
 }
 
 // The micro-kernels' broadcast of input channel ci at x: one value, or with paired groups the
@@ -167,10 +167,12 @@ using MicroFn = void (*)(const Tile&);
 
 template <int P, int NV, int K, bool PAIRS>
 constexpr MicroFn micro_entry() {
-  if constexpr (P <= max_pixels_for(NV)) {
+  if constexpr (P <= max_pixels_for(NV) && !(PAIRS && NV % 2 == 0)) {
     return &micro_kernel<P, NV, K, PAIRS>;
   } else {
-    return nullptr;  // would not fit in registers; never chosen (see max_pixels_for)
+    // Would not fit in registers (see max_pixels_for), or paired with an even vector count (a
+    // pair has 2 x width / lanes vectors, an odd number): never chosen.
+    return nullptr;
   }
 }
 
