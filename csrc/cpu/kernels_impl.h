@@ -212,13 +212,10 @@ inline constexpr MicroTable kMicro3x3s2 = micro_3x3_tables<2, false>();
 inline constexpr MicroTable kMicro3x3s1Pairs = micro_3x3_tables<1, true>();
 inline constexpr MicroTable kMicro3x3s2Pairs = micro_3x3_tables<2, true>();
 
-// Groups per kernel group: 2 with paired groups (ConvProblem::pair_groups), else 1.
-inline int64_t groups_per_kernel_group(const ConvProblem& p) { return p.pair_groups ? 2 : 1; }
-
 // Floats per pixel of a packed input row: the channels, or with paired groups whole pairs (an
 // odd group count leaves the last pair's second group zero).
 inline int64_t packed_pixel_stride(const ConvProblem& p) {
-  const int64_t span = p.cin_g * groups_per_kernel_group(p);
+  const int64_t span = p.cin_g * groups_per_kernel_group(p.pair_groups);
   return p.pair_groups ? (p.c_in + span - 1) / span * span : p.c_in;
 }
 
@@ -372,7 +369,8 @@ inline int64_t balanced_chunks(int64_t rows, int64_t blocks, int64_t threads) {
 
 // First output channel of packed block `block` (blocks run group-major).
 inline int64_t block_channel(const ConvProblem& p, int64_t block) {
-  return (block / p.co_blocks) * p.cout_g * groups_per_kernel_group(p) + (block % p.co_blocks) * p.nv * kLanes;
+  return (block / p.co_blocks) * p.cout_g * groups_per_kernel_group(p.pair_groups) +
+         (block % p.co_blocks) * p.nv * kLanes;
 }
 
 // Row (n, oh) of `post`, a stride-1 unpadded 1x1 (K4) whose input row is `row` (fp32, pixel
@@ -397,7 +395,7 @@ void conv_typed(const ConvProblem& p) {
   const int64_t row_floats = padded_w * in_ps;
   const int64_t vw = p.nv * kLanes;
   // The kernel's groups: the conv's, or pairs of them. kcin_g/kcout_g: channels each spans.
-  const int64_t gpk = groups_per_kernel_group(p);
+  const int64_t gpk = groups_per_kernel_group(p.pair_groups);
   const int64_t kgroups = (p.groups + gpk - 1) / gpk, kcin_g = p.cin_g * gpk, kcout_g = p.cout_g * gpk;
   const int64_t max_px = max_pixels_for(p.nv);
   // Split each row into equal pixel blocks of at most max_px (7 -> 7; 28 -> 10, 9, 9).
