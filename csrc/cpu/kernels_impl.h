@@ -98,11 +98,19 @@ inline Vec broadcast_input(const float* x, int64_t ci) {
   }
 }
 
+// Every tile has input channels (cin_g >= 1, checked when the problem is made). Told so, GCC
+// keeps the accumulators in registers from the bias to the store; otherwise it keeps a copy on
+// the stack for a loop that might not run, stored and reloaded around every tile.
+inline void assume_channels(const Tile& t) {
+  if (t.cin_g < 1) __builtin_unreachable();
+}
+
 // K (the kernel size) is a template parameter so the tap loops unroll: with runtime tap loops
 // GCC kept the accumulators on the stack, storing and reloading all of them for every tap.
 template <int P, int NV, int K, bool PAIRS = false>
 void micro_kernel(const Tile& t) {
   constexpr int64_t VW = NV * kLanes;
+  assume_channels(t);
   Vec acc[P][NV];
   for (int v = 0; v < NV; ++v) {
     const Vec bias = Vec::loadu(t.b + v * kLanes);
@@ -140,6 +148,7 @@ void micro_kernel(const Tile& t) {
 // compile-time once the loops unroll.
 template <int P, int S, bool PAIRS>
 void micro_kernel_3x3_nv1(const Tile& t) {
+  assume_channels(t);
   Vec acc[P];
   const Vec bias = Vec::loadu(t.b);
   for (int p = 0; p < P; ++p) acc[p] = bias;
