@@ -492,6 +492,11 @@ BAD_RAW_CALLS = {
                                             None, True),
     "weight channels": lambda: OPS.conv_bn_act(_cl(1, 8, 5, 5), randn(8, 4, 3, 3), None, 1, 1, 1, None, True),
     "groups": lambda: OPS.conv_bn_act(_cl(1, 8, 5, 5), randn(8, 8, 3, 3), None, 1, 1, 3, None, True),
+    # No input channels: the kernels assume every group has some (the micro-kernels' assume_channels).
+    "x no channels 3x3": lambda: OPS.conv_bn_act(_cl(1, 0, 5, 5), randn(8, 0, 3, 3), randn(8), 1, 1, 1, None, True),
+    "x no channels 1x1": lambda: OPS.conv_bn_act(_cl(1, 0, 5, 5), randn(8, 0, 1, 1), randn(8), 1, 0, 1, None, True),
+    "pair x no channels": lambda: OPS.conv1x1_conv_bn_act(_cl(1, 0, 5, 5), randn(8, 0, 1, 1), None, randn(8, 4, 3, 3),
+                                                          None, 1, 1, 2, True),
     "kernel 5x5": lambda: OPS.conv_bn_act(_cl(1, 8, 5, 5), randn(8, 8, 5, 5), None, 1, 2, 1, None, True),
     "stride 3": lambda: OPS.conv_bn_act(_cl(1, 8, 5, 5), randn(8, 8, 3, 3), None, 3, 1, 1, None, True),
     "padding": lambda: OPS.conv_bn_act(_cl(1, 8, 5, 5), randn(8, 8, 3, 3), None, 1, 0, 1, None, True),

@@ -33,6 +33,7 @@ def _conv_args(n=2, c=16, h=7, groups=2, k=3, dtype=torch.float32):
     (lambda a: {**a, "padding": 0}, "padding: expected 1"),
     (lambda a: {**a, "residual": torch.randn(2, 16, 6, 6)}, "residual: expected shape"),
     (lambda a: {**a, "x": torch.randn(2, 16, 7, 7, device="meta")}, "weight: expected a tensor on meta"),
+    (lambda a: {**a, "x": a["x"][:, :0], "weight": a["weight"][:, :0], "groups": 1}, "x: expected at least one channel"),
 ])
 def test_conv_bn_act_bad_input(mutate, match):
     x, w, b = _conv_args()

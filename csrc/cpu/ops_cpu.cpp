@@ -337,6 +337,8 @@ ConvProblem conv_problem(const char* op, const char* in, at::IntArrayRef in_shap
   TORCH_CHECK(groups >= 1, op, ": groups must be >= 1, got ", groups);
   const int64_t n = in_shape[0], c_in = in_shape[1], h = in_shape[2], w = in_shape[3];
   const int64_t c_out = weight.size(0), k = weight.size(2);
+  // (The kernels assume every group has input channels: micro-kernel's assume_channels.)
+  TORCH_CHECK(c_in >= 1, op, ": ", in, " must have at least one channel, got shape ", in_shape);
   TORCH_CHECK(k == weight.size(3) && (k == 1 || k == 3), op, ": ", w_name, " must be a 1x1 or 3x3 kernel, got ",
               weight.size(2), "x", weight.size(3));
   TORCH_CHECK(c_in % groups == 0 && c_out % groups == 0, op, ": groups=", groups, " must divide C_in=", c_in,

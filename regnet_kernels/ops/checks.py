@@ -66,6 +66,8 @@ def check_conv_weights(x, in_shape, in_name, weight, bias, stride, padding, grou
         fail("groups", "an integer >= 1", groups)
     n, c_in, h, w = in_shape
     c_out, c_per_group, kh, kw = weight.shape
+    if c_in < 1:
+        fail(in_name, "at least one channel", list(in_shape))
     if kh != kw or kh not in SUPPORTED_KERNEL_SIZES:
         fail(w_name, f"a square kernel of size in {SUPPORTED_KERNEL_SIZES}", f"{kh}x{kw}")
     if c_in % groups != 0:
