@@ -63,8 +63,13 @@ struct ConvProblem {
   float* row_sums;  // scratch [n * h_out][c_out] when sums is set (one row per work item)
 };
 
-// The conv's groups per kernel group: 2 with paired groups (ConvProblem::pair_groups), else 1.
+// The conv's groups per kernel group: 2 with paired groups (ConvProblem::pair_groups), else 1;
+// and the kernel groups (the weights' packed groups) of a conv with `groups` groups.
 inline int64_t groups_per_kernel_group(bool pair_groups) { return pair_groups ? 2 : 1; }
+inline int64_t kernel_groups(int64_t groups, bool pair_groups) {
+  const int64_t per = groups_per_kernel_group(pair_groups);
+  return (groups + per - 1) / per;
+}
 
 // Squeeze-excitation: y = act(x * sigmoid(W2 relu(W1 mean(x) + b1) + b2) + residual).
 struct SeProblem {

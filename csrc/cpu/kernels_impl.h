@@ -271,8 +271,8 @@ void pack_pixels(const ConvProblem& p, const T* src, int64_t src_ps, const float
 template <typename scalar_t>
 void pack_input_row(const ConvProblem& p, const scalar_t* x, int64_t n, int64_t ih, float* dst) {
   const float* gate = p.gate ? p.gate + n * p.gate_sn : nullptr;
-  const int64_t pairs = (p.groups + 1) / 2;
-  pack_pixels(p, x + n * p.x_sn + ih * p.x_sh, p.x_sw, gate, p.w, dst + p.pad * packed_pixel_stride(p), 0, pairs);
+  pack_pixels(p, x + n * p.x_sn + ih * p.x_sh, p.x_sw, gate, p.w, dst + p.pad * packed_pixel_stride(p), 0,
+              kernel_groups(p.groups, p.pair_groups));
 }
 
 // `count` lanes of v, after ReLU if asked, into an fp32 row buffer (a fused conv's intermediate).
@@ -405,7 +405,7 @@ void conv_typed(const ConvProblem& p) {
   const int64_t vw = p.nv * kLanes;
   // The kernel's groups: the conv's, or pairs of them. kcin_g/kcout_g: channels each spans.
   const int64_t gpk = groups_per_kernel_group(p.pair_groups);
-  const int64_t kgroups = (p.groups + gpk - 1) / gpk, kcin_g = p.cin_g * gpk, kcout_g = p.cout_g * gpk;
+  const int64_t kgroups = kernel_groups(p.groups, p.pair_groups), kcin_g = p.cin_g * gpk, kcout_g = p.cout_g * gpk;
   const int64_t max_px = max_pixels_for(p.nv);
   // Split each row into equal pixel blocks of at most max_px (7 -> 7; 28 -> 10, 9, 9).
   const int64_t px_blocks = (p.w_out + max_px - 1) / max_px;

@@ -115,8 +115,7 @@ std::pair<at::Tensor, at::Tensor> pack_weights(const at::Tensor& weight, const s
                                                const WeightLayout& layout) {
   const int64_t groups = layout.groups, nv = layout.nv, co_blocks = layout.co_blocks, lanes = layout.lanes;
   const int64_t cout_g = weight.size(0) / groups, cin_g = weight.size(1), k = weight.size(2);
-  const int64_t per_group = groups_per_kernel_group(layout.pair_groups), kgroups = (groups + per_group - 1) / per_group;
-  const int64_t vw = nv * lanes, blocks = kgroups * co_blocks;
+  const int64_t vw = nv * lanes, blocks = kernel_groups(groups, layout.pair_groups) * co_blocks;
   auto w32 = weight.to(at::kFloat);  // a no-op for fp32 weights; strides are honoured below
   auto b32 = bias ? bias->to(at::kFloat).contiguous() : at::Tensor();
   auto w_packed = at::zeros({blocks * k * k * cin_g * vw}, weight.options().dtype(at::kFloat));
