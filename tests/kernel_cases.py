@@ -58,7 +58,11 @@ def pointwise_cases(seed: int = 1) -> List[ConvCase]:
 
 
 def stem_cases() -> List[ConvCase]:
-    return [ConvCase(2, 3, 32, 15, 15, 3, 2, 1), ConvCase(1, 3, 32, 16, 9, 3, 2, 1)]
+    # 3 input channels, groups 1: the RGB micro-kernel (csrc/cpu/kernels_impl.h) at the zoo's
+    # stride 2 and 32 outputs, and at stride 1, other output widths (1 to 3 vectors, a partial
+    # last one) and rows of 1 to 29 output pixels (several pixel tiles, a short last one).
+    return [ConvCase(2, 3, 32, 15, 15, 3, 2, 1), ConvCase(1, 3, 32, 16, 9, 3, 2, 1),
+            ConvCase(1, 3, 24, 9, 29, 3, 1, 1), ConvCase(2, 3, 48, 5, 57, 3, 2, 1), ConvCase(1, 3, 8, 1, 1, 3, 1, 1)]
 
 
 def random_tensor(shape, dtype=torch.float32, channels_last: bool = True, noncontig: bool = False,

@@ -228,7 +228,7 @@ def test_native_conv_paired_groups(case, dtype):
 
 
 @pytest.mark.parametrize("dtype", LOW_PRECISION, ids=str)
-@pytest.mark.parametrize("case", grouped_cases(seed=5, per_width=1) + pointwise_cases()[:3], ids=str)
+@pytest.mark.parametrize("case", grouped_cases(seed=5, per_width=1) + pointwise_cases()[:3] + stem_cases()[2:4], ids=str)
 def test_conv_low_precision(case, dtype, native_route):
     variant = ("residual_relu", "sums_relu")[case.stride - 1]
     x, w, b = conv_inputs(case, dtype)
@@ -577,11 +577,11 @@ def test_opcheck():
 # few shapes (ATen's ATEN_CPU_CAPABILITY override picks the variant at start-up).
 ISA_SCRIPT = textwrap.dedent("""
     import torch, regnet_kernels as rk
-    from tests.kernel_cases import ConvCase, grouped_cases, pointwise_cases, random_tensor, assert_accurate
+    from tests.kernel_cases import ConvCase, grouped_cases, pointwise_cases, stem_cases, random_tensor, assert_accurate
     from regnet_kernels.testing import poison_outputs
     # + group widths 4 and 12: paired groups where a vector has 8 lanes (odd and even group counts)
     paired = [ConvCase(2, 12, 12, 7, 9, 3, 1, 3), ConvCase(1, 16, 16, 6, 5, 3, 2, 4), ConvCase(1, 36, 36, 7, 7, 3, 1, 3)]
-    for case in grouped_cases(seed=7, per_width=1)[::2] + pointwise_cases()[:2] + paired:
+    for case in grouped_cases(seed=7, per_width=1)[::2] + pointwise_cases()[:2] + paired + stem_cases():
         x = random_tensor((case.n, case.c_in, case.h, case.w))
         w = torch.randn(case.c_out, case.c_in // case.groups, case.k, case.k) / 8
         b = torch.randn(case.c_out)

@@ -172,6 +172,40 @@ void micro_kernel_3x3_nv1(const Tile& t) {
   for (int p = 0; p < P; ++p) acc[p].store(t.out + p * kLanes);
 }
 
+// The 3x3 micro-kernel for three input channels and groups 1 (RGB stems). Packed rows hold 3
+// floats a pixel, so a kernel row's 3 taps x 3 channels of an output pixel are 9 consecutive
+// floats, in the packed weights' [kw][ci] order, and pixel p's start is p * S * 3 floats after
+// the first's: every broadcast is at a compile-time offset from one pointer per kernel row. The
+// generic kernel runs the same FMAs as 9 taps of a 3-iteration channel loop, recomputing P pixel
+// pointers per tap from a runtime stride (GCC spilled six of them at P = 13: NOTES, Step 14).
+constexpr int64_t kRgbChannels = 3;
+
+template <int P, int NV, int S>
+void micro_kernel_rgb(const Tile& t) {
+  constexpr int64_t VW = NV * kLanes, C = kRgbChannels;
+  Vec acc[P][NV];
+  for (int v = 0; v < NV; ++v) {
+    const Vec bias = Vec::loadu(t.b + v * kLanes);
+    for (int p = 0; p < P; ++p) acc[p][v] = bias;
+  }
+  const float* w = t.w;
+  for (int kh = 0; kh < 3; ++kh) {
+    const float* x = t.rows[kh] + t.in_col0 * C;
+    // Not unrolled: unrolled 9 times, GCC hoisted broadcasts and spilled accumulators.
+#pragma GCC unroll 1
+    for (int j = 0; j < 3 * C; ++j, ++x, w += VW) {  // j = kw * C + ci
+      Vec wv[NV];
+      for (int v = 0; v < NV; ++v) wv[v] = Vec::loadu(w + v * kLanes);
+      for (int p = 0; p < P; ++p) {
+        const Vec xb(x[p * S * C]);
+        for (int v = 0; v < NV; ++v) acc[p][v] = at::vec::fmadd(wv[v], xb, acc[p][v]);
+      }
+    }
+  }
+  for (int p = 0; p < P; ++p)
+    for (int v = 0; v < NV; ++v) acc[p][v].store(t.out + p * VW + v * kLanes);
+}
+
 using MicroFn = void (*)(const Tile&);
 
 template <int P, int NV, int K, bool PAIRS>
@@ -216,10 +250,32 @@ constexpr MicroTable micro_3x3_tables() {
   return table;
 }
 
+template <int NV, int S, int... Ps>
+constexpr std::array<MicroFn, kMaxPixels + 1> micro_rgb_table(std::integer_sequence<int, Ps...>) {
+  return {nullptr, (Ps + 1 <= max_pixels_for(NV) ? &micro_kernel_rgb<Ps + 1, NV, S> : nullptr)...};
+}
+
+template <int S>
+constexpr MicroTable micro_rgb_tables() {
+  constexpr auto pixels = std::make_integer_sequence<int, kMaxPixels>{};
+  return {std::array<MicroFn, kMaxPixels + 1>{}, micro_rgb_table<1, S>(pixels), micro_rgb_table<2, S>(pixels),
+          micro_rgb_table<3, S>(pixels), micro_rgb_table<4, S>(pixels)};
+}
+
 inline constexpr MicroTable kMicro3x3s1 = micro_3x3_tables<1, false>();
 inline constexpr MicroTable kMicro3x3s2 = micro_3x3_tables<2, false>();
 inline constexpr MicroTable kMicro3x3s1Pairs = micro_3x3_tables<1, true>();
 inline constexpr MicroTable kMicro3x3s2Pairs = micro_3x3_tables<2, true>();
+inline constexpr MicroTable kMicroRgbS1 = micro_rgb_tables<1>();
+inline constexpr MicroTable kMicroRgbS2 = micro_rgb_tables<2>();
+
+// The conv's micro-kernel table.
+inline const MicroTable& micro_tables_for(const ConvProblem& p) {
+  if (p.k == 1) return kMicro1x1;
+  if (p.pair_groups) return p.stride == 1 ? kMicro3x3s1Pairs : kMicro3x3s2Pairs;
+  if (p.groups == 1 && p.c_in == kRgbChannels && !p.pre) return p.stride == 1 ? kMicroRgbS1 : kMicroRgbS2;
+  return p.stride == 1 ? kMicro3x3s1 : kMicro3x3s2;
+}
 
 // Floats per pixel of a packed input row: the channels, or with paired groups whole pairs (an
 // odd group count leaves the last pair's second group zero).
@@ -235,6 +291,15 @@ template <typename T>
 void pack_pixels(const ConvProblem& p, const T* src, int64_t src_ps, const float* gate, int64_t w, float* dst,
                  int64_t pair_lo, int64_t pair_hi) {
   const int64_t ps = packed_pixel_stride(p);
+  if (!p.pair_groups && !gate && src_ps == p.c_in) {
+    // Dense pixels in, dense out (ps is c_in): the row is one run of w * c_in values. Pixel by
+    // pixel, few channels (the stem's 3) cost a masked load and store a pixel.
+    const int64_t count = w * p.c_in;
+    int64_t i = 0;
+    for (; i + kLanes <= count; i += kLanes) load_as_float(src + i).store(dst + i);
+    if (i < count) load_as_float(src + i, count - i).store(dst + i, count - i);
+    return;
+  }
   for (int64_t iw = 0; iw < w; ++iw) {
     const T* in = src + iw * src_ps;
     float* out = dst + iw * ps;
@@ -414,9 +479,7 @@ void conv_typed(const ConvProblem& p) {
   const int64_t blocks = kgroups * p.co_blocks;
   const ConvProblem* post = p.post;
   const int64_t chunks = post ? 1 : balanced_chunks(rows_out, blocks, at::get_num_threads());
-  const MicroTable& micro = p.k == 1 ? kMicro1x1
-                            : p.pair_groups ? (p.stride == 1 ? kMicro3x3s1Pairs : kMicro3x3s2Pairs)
-                                            : (p.stride == 1 ? kMicro3x3s1 : kMicro3x3s2);
+  const MicroTable& micro = micro_tables_for(p);
   // An unpadded fp32 1x1 conv without a gate reads x's rows in place: a copy would only repeat
   // them (x's channel stride is 1, its pixel stride is given to the micro-kernel).
   bool direct_input = false;
