@@ -559,6 +559,7 @@ def test_opcheck():
     x = _cl(2, 16, 5, 6)
     w, b = randn(16, 8, 3, 3), randn(16)
     samples = {
+        "channel_sums": (x,),
         "conv_bn_act": (x, w, b, 2, 1, 2, None, True),
         "conv_bn_act_sums": (x, w, b, 1, 1, 2, True),
         "se_gate": (x, randn(4, 16), randn(4), randn(16, 4), randn(16), _cl(2, 16, 5, 6), True, None),
