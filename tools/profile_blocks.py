@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import copy
-import glob
 import json
 import os
 import statistics
@@ -24,9 +22,11 @@ import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path[:0] = [ROOT, os.path.join(ROOT, "bench")]
 import regnet  # noqa: E402
 import regnet_kernels as rk  # noqa: E402
+from compare import _onnx_path  # noqa: E402
 
 
 def part_names(fused):
@@ -58,9 +58,7 @@ def hook_parts(model, names, sink):
 def ort_session(model, x, threads, profile_dir):
     import onnxruntime as ort
 
-    path = os.path.join(profile_dir, "model.onnx")
-    torch.onnx.export(copy.deepcopy(model), (x,), path, input_names=["x"], output_names=["y"],
-                      dynamo=False, opset_version=17)
+    path = _onnx_path(model, x)  # exported as bench/compare.py's onnxruntime row does
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
@@ -87,7 +85,7 @@ def main():
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    model = getattr(regnet, args.model)().eval()
+    model = regnet.create_model(args.model).eval()
     x = torch.randn(args.batch, 3, 224, 224)
     fused = rk.optimize(model)
     names, onnx_names = part_names(fused)
