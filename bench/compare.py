@@ -116,11 +116,15 @@ def _compile(model, x, freezing=False, mode=None):
     return compiled, xin
 
 
-def _onnx_path(model, x) -> str:
-    path = os.path.join(tempfile.mkdtemp(prefix="regnet_onnx_"), "model.onnx")
-    torch.onnx.export(copy.deepcopy(model), (x,), path, input_names=["x"], output_names=["y"], dynamo=False,
-                      opset_version=17)
-    return path
+@contextlib.contextmanager
+def onnx_file(model, x):
+    """The model exported to ONNX (opset 17) in a temporary directory, removed on exit: the
+    runtimes read the file when they build their session."""
+    with tempfile.TemporaryDirectory(prefix="regnet_onnx_") as tmp:
+        path = os.path.join(tmp, "model.onnx")
+        torch.onnx.export(copy.deepcopy(model), (x,), path, input_names=["x"], output_names=["y"], dynamo=False,
+                          opset_version=17)
+        yield path
 
 
 def _onnxruntime(model, x):
@@ -131,7 +135,8 @@ def _onnxruntime(model, x):
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = torch.get_num_threads()
     opts.inter_op_num_threads = 1
-    sess = ort.InferenceSession(_onnx_path(model, x), opts, providers=["CPUExecutionProvider"])
+    with onnx_file(model, x) as path:
+        sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
     run = lambda inp: torch.from_numpy(sess.run(None, {"x": inp.numpy()})[0])  # noqa: E731
     return run, x
 
@@ -142,11 +147,12 @@ def _openvino(model, x, precision="f32"):
     except ImportError as e:
         raise Skip(f"openvino not installed ({e}); pip install openvino") from None
     core = ov.Core()
-    compiled = core.compile_model(ov.convert_model(_onnx_path(model, x)), "CPU", {
-        "INFERENCE_NUM_THREADS": str(torch.get_num_threads()),
-        "INFERENCE_PRECISION_HINT": precision,  # otherwise it picks bf16 on AVX-512-BF16 CPUs
-        "PERFORMANCE_HINT": "LATENCY",
-    })
+    with onnx_file(model, x) as path:
+        compiled = core.compile_model(ov.convert_model(path), "CPU", {
+            "INFERENCE_NUM_THREADS": str(torch.get_num_threads()),
+            "INFERENCE_PRECISION_HINT": precision,  # otherwise it picks bf16 on AVX-512-BF16 CPUs
+            "PERFORMANCE_HINT": "LATENCY",
+        })
     run = lambda inp: torch.from_numpy(compiled(inp.numpy())[0].copy())  # noqa: E731
     return run, x
 

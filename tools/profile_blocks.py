@@ -5,7 +5,7 @@
 Ours: forward pre-hooks and hooks on the stem, every block and the head record wall-clock time
 (perf_counter; a few microseconds of overhead a part). ORT: the session's own profile
 (`SessionOptions.enable_profiling`), its node durations summed per block by the node names the
-ONNX exporter gives (`/s3/s3.0/...`); the time between ORT's nodes is not in its rows. Medians
+ONNX exporter gives (`/s3/b1/...`); the time between ORT's nodes is not in its rows. Medians
 over the timed forwards, in microseconds. Both run in this process, in alternating chunks of
 forwards, so the VM's drift hits both alike. Used for NOTES' per-block comparisons.
 """
@@ -26,7 +26,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [ROOT, os.path.join(ROOT, "bench")]
 import regnet  # noqa: E402
 import regnet_kernels as rk  # noqa: E402
-from compare import _onnx_path  # noqa: E402
+from compare import onnx_file  # noqa: E402
 
 
 def part_names(fused):
@@ -58,13 +58,13 @@ def hook_parts(model, names, sink):
 def ort_session(model, x, threads, profile_dir):
     import onnxruntime as ort
 
-    path = _onnx_path(model, x)  # exported as bench/compare.py's onnxruntime row does
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.enable_profiling = True
     opts.profile_file_prefix = os.path.join(profile_dir, "ort")
-    return ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+    with onnx_file(model, x) as path:  # exported as bench/compare.py's onnxruntime row does
+        return ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
 
 
 def ort_part(node_name, names):
@@ -102,7 +102,6 @@ def main():
             for _ in range(20):
                 sess.run(None, {"x": xnp})
             hook_parts(fused, names, ours)
-            ours.clear()
             # Chunks of forwards, alternating: forward by forward, each runtime's idle threads
             # (ORT's spin, OpenMP's) would still be busy when the other starts.
             chunk = 20
@@ -115,8 +114,10 @@ def main():
                     t = time.perf_counter()
                     sess.run(None, {"x": xnp})
                     totals["ort"].append((time.perf_counter() - t) * 1e6)
-        events = json.load(open(sess.end_profiling()))
-    # Per run, the sum of each block's node durations; the warm-up runs are dropped.
+        with open(sess.end_profiling()) as f:
+            events = json.load(f)
+    # Per run, the sum of each block's node durations; the warm-up runs are dropped. Events are
+    # written as they end, so a run's node events come before its model_run event.
     runs, current = [], None
     for ev in events:
         if ev.get("cat") == "Session" and ev.get("name") == "model_run":
@@ -125,7 +126,6 @@ def main():
         elif ev.get("cat") == "Node" and ev["name"].endswith("_kernel_time"):
             current = current or collections.Counter()
             current[ort_part(ev["args"].get("node_name", ev["name"][:-len("_kernel_time")]), onnx_names)] += ev["dur"]
-    # model_run events close a run after its nodes, so each Counter above belongs to the run that follows.
     runs = [c for c in runs if c][-args.iters:]
     print(f"{args.model} batch {args.batch}, {args.threads} threads, medians of {args.iters} forwards (us)")
     print(f"{'part':<8} {'ours':>9} {'ORT':>9} {'ours-ORT':>9}")
