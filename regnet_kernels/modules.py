@@ -278,6 +278,16 @@ class FusedXBlock(_Planned):
         self.front_trials = Trials()  # options: 0 K1 and K2 as two ops, 1 as one
         self.whole_resolved = _ResolvedOps()  # input signature -> [bound x_block] or []
         self.whole_trials = Trials()  # options: 0 the block's ops, 1 x_block
+        # Input signature -> the settled bound calls that a trial times as the ops option: as
+        # module calls the ops cost ~20-35 us more Python at batch 1 than in a plan, which made
+        # x_block win where its plan is 1.2x faster (regnetx_004 stage 4, bench/NOTES.md Step 15).
+        self.front_timed = {}  # -> K1 then K2 as two bound calls
+        self.ops_timed = {}  # -> (the block's ops as a plan, the bound shortcut)
+
+    def _apply(self, fn, recurse=True):
+        self.front_timed.clear()
+        self.ops_timed.clear()
+        return super()._apply(fn, recurse)
 
     def shortcut(self, x: Tensor) -> Tensor:
         return x if self.proj is None else self.proj(x, relu=False, backend=self.backend)
@@ -302,15 +312,18 @@ class FusedXBlock(_Planned):
         trials = self.front_trials
         if not fused or (key not in trials.chosen and key not in trials.samples):
             out = separate(x)
-            settled = _stashed(self.a, "last_run") is not None and _stashed(self.b, "last_run") is not None
+            k1, k2 = _stashed(self.a, "last_run"), _stashed(self.b, "last_run")
             if not fused:
-                _stash(self, "last_front", "separate" if settled else None)
-            elif settled:
+                _stash(self, "last_front", "separate" if k1 is not None and k2 is not None else None)
+            elif k1 is not None and k2 is not None:
+                k1, k2 = _bound(self.a, k1), _bound(self.b, k2)
+                self.front_timed[key] = lambda t: k2(k1(t))
                 trials.begin(key, 2)
             return out
-        out, settled = trials.run(key, (separate, fused[0]), x)
+        options = (self.front_timed.get(key, separate), fused[0])
+        out, settled = trials.run(key, options, x)
         if settled is not None:
-            _stash(self, "last_front", "separate" if settled is separate else settled)
+            _stash(self, "last_front", settled)
         return out
 
     def _bind_front(self, x: Tensor, channel_sums: bool):
@@ -351,16 +364,18 @@ class FusedXBlock(_Planned):
         if not whole or _has_hooks(self.a) or _has_hooks(self.b) or _has_hooks(self.c) or (
                 key not in trials.chosen and key not in trials.samples):
             y = self._ops(x)
-            settled = self._ops_plan() is not None
+            plan = self._ops_plan()
             if not whole:
-                _stash(self, "last_whole", "ops" if settled else None)
-            elif settled:  # time the block whole against its ops once their own choices are made
+                _stash(self, "last_whole", "ops" if plan is not None else None)
+            elif plan is not None:  # time the block whole against its ops once their own choices are made
+                self.ops_timed[key] = (plan, self._bound_shortcut_front()[0])
                 trials.begin(key, 2)
             return y
-        options = (self._ops, lambda t: whole[0](t, self.shortcut(t)))
+        ops, shortcut = self.ops_timed.get(key, (self._ops, self.shortcut))
+        options = (ops, lambda t: whole[0](t, shortcut(t)))
         y, settled = trials.run(key, options, x)
-        if settled is not None:
-            _stash(self, "last_whole", "ops" if settled is options[0] else whole[0])
+        if settled is not None:  # a plan(x) either way
+            _stash(self, "last_whole", settled)
         return y
 
     def _ops(self, x: Tensor) -> Tensor:
@@ -403,18 +418,12 @@ class FusedXBlock(_Planned):
         return shortcut, front
 
     def _make_plan(self):
-        """The last call as a plan: the block whole (x_block) if that was kept, else its ops if
-        each ran a settled bound call."""
+        """The last call as a plan: the option its trial kept (the block whole or its ops), else its
+        ops if each ran a settled bound call."""
         whole = _stashed(self, "last_whole")
-        if whole is None:
-            return None
-        if isinstance(whole, str):  # "ops"
+        if whole == "ops":
             return self._ops_plan()
-        kp = _stashed(self.proj, "last_run") if self.proj is not None else None
-        if self.proj is not None and kp is None:
-            return None
-        shortcut = (lambda x: x) if self.proj is None else _bound(self.proj, kp)
-        return lambda x: whole(x, shortcut(x))
+        return whole
 
     def _ops_plan(self):
         """The block's ops as a plan, if each ran a settled bound call on this thread's last call."""

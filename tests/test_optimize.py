@@ -188,15 +188,21 @@ def _timed_extra(monkeypatch, op, name, cost, runs, now):
     monkeypatch.setitem(extras, "bind", timed_bind)
 
 
-def _settle_on_fake_clock(monkeypatch, pair_cost, whole_cost):
+def _settle_on_fake_clock(monkeypatch, pair_cost, whole_cost, module_call_cost=0.0):
     """A fake clock for every timed choice of a block: conv routes cost 1 (ours) or 10, the one-op
-    K1 + K2 `pair_cost`, the whole X block `whole_cost`. Returns (runs, set_clocks(block))."""
+    K1 + K2 `pair_cost`, the whole X block `whole_cost`, and each call of a conv module (its
+    Python: signature, lookups, trial) `module_call_cost`. Returns (runs, set_clocks(block))."""
     from regnet_kernels.backends import cpu as cpu_backend
 
     clock, runs = fake_timed_routes(monkeypatch, cpu_backend, 1)
     now = []
     _timed_extra(monkeypatch, "conv1x1_conv_bn_act", "pair", pair_cost, runs, now)
     _timed_extra(monkeypatch, "x_block", "whole", whole_cost, runs, now)
+    for method in ("forward", "into_residual"):
+        def charged(self, *args, _method=getattr(FusedConv, method), **kwargs):
+            now.append(module_call_cost)
+            return _method(self, *args, **kwargs)
+        monkeypatch.setattr(FusedConv, method, charged)
     fake_now = lambda: clock() + sum(now)  # noqa: E731
 
     def set_clocks(fused):
@@ -256,6 +262,19 @@ def test_x_blocks_time_themselves_whole_and_keep_the_faster(whole_faster, monkey
         assert "whole" not in runs and runs.count("pair") == 3, runs
     fused = _settled_block("regnety_002", set_clocks, runs)
     assert "whole" not in runs and not fused.whole_trials.chosen and not fused.whole_trials.samples
+
+
+def test_blocks_time_their_ops_as_their_plan_runs_them(monkeypatch):
+    """The ops option of a block's trials runs as a plan would (bound calls), not through the conv
+    modules, whose Python costs ~20-35 us a call at batch 1 and made x_block win where it is 1.2x
+    slower. Fake clock: each conv module call costs 100; K1 + K2 as one op 3 against 2 for the two
+    bound convs; x_block 5 + the projection 1 against 4 for the bound ops. Both trials keep the
+    ops, and the settled calls run them."""
+    runs, set_clocks = _settle_on_fake_clock(monkeypatch, 3.0, 5.0, module_call_cost=100.0)
+    fused = _settled_block("regnetx_002", set_clocks, runs)
+    assert list(fused.front_trials.chosen.values()) == [0]
+    assert list(fused.whole_trials.chosen.values()) == [0]
+    assert "pair" not in runs and "whole" not in runs and len(runs) == 3 * 4, runs
 
 
 def test_blocks_run_plans_once_settled_and_drop_them_when_moved():
