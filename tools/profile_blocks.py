@@ -8,6 +8,12 @@ Ours: forward pre-hooks and hooks on the stem, every block and the head record w
 ONNX exporter gives (`/s3/b1/...`); the time between ORT's nodes is not in its rows. Medians
 over the timed forwards, in microseconds. Both run in this process, in alternating chunks of
 forwards, so the VM's drift hits both alike. Used for NOTES' per-block comparisons.
+
+The "hot" column runs each of our parts alone, again and again, on the input it got in a forward
+(a fresh copy per call: blocks may write into their input), under the forward's memory pool: its
+weights and code stay in cache, so "in model - hot" is what the rest of the forward costs that
+part (weights evicted by the other parts' weights, cold code after the stages: bench/NOTES.md,
+Step 15).
 """
 from __future__ import annotations
 
@@ -27,6 +33,7 @@ sys.path[:0] = [ROOT, os.path.join(ROOT, "bench")]
 import regnet  # noqa: E402
 import regnet_kernels as rk  # noqa: E402
 from compare import onnx_file  # noqa: E402
+from regnet_kernels.memory import pooled_cpu_memory  # noqa: E402
 
 
 def part_names(fused):
@@ -53,6 +60,29 @@ def hook_parts(model, names, sink):
 
         module.register_forward_pre_hook(pre)
         module.register_forward_hook(post)
+
+
+def hot_times(fused, names, xin, calls):
+    """Median microseconds of each part run alone `calls` times on the input it got in a forward."""
+    inputs = {}
+    handles = [fused.get_submodule(name).register_forward_pre_hook(
+        lambda _m, args, name=name: inputs.__setitem__(name, args[0].clone(memory_format=torch.channels_last)))
+        for name in names]
+    fused(xin)
+    for handle in handles:
+        handle.remove()
+    hot = {}
+    with pooled_cpu_memory():
+        for name in names:
+            part, times = fused.get_submodule(name), []
+            for i in range(calls + 2):  # the first two calls are not counted
+                inp = inputs[name].clone(memory_format=torch.channels_last)
+                t = time.perf_counter()
+                part(inp)
+                if i >= 2:
+                    times.append((time.perf_counter() - t) * 1e6)
+            hot[name] = statistics.median(times)
+    return hot
 
 
 def ort_session(model, x, threads, profile_dir):
@@ -116,6 +146,8 @@ def main():
                     totals["ort"].append((time.perf_counter() - t) * 1e6)
         with open(sess.end_profiling()) as f:
             events = json.load(f)
+        with torch.no_grad():
+            hot = hot_times(fused, names, xin, max(10, args.iters // 4))
     # Per run, the sum of each block's node durations; the warm-up runs are dropped. Events are
     # written as they end, so a run's node events come before its model_run event.
     runs, current = [], None
@@ -128,16 +160,16 @@ def main():
             current[ort_part(ev["args"].get("node_name", ev["name"][:-len("_kernel_time")]), onnx_names)] += ev["dur"]
     runs = [c for c in runs if c][-args.iters:]
     print(f"{args.model} batch {args.batch}, {args.threads} threads, medians of {args.iters} forwards (us)")
-    print(f"{'part':<8} {'ours':>9} {'ORT':>9} {'ours-ORT':>9}")
-    sum_ours = sum_ort = 0.0
+    print(f"{'part':<8} {'ours':>9} {'ORT':>9} {'ours-ORT':>9} {'ours hot':>9} {'ours-hot':>9}")
+    sum_ours = sum_ort = sum_hot = 0.0
     for name, onnx_name in zip(names + ["other"], onnx_names + ["other"]):
         o = statistics.median(ours[name]) if ours.get(name) else 0.0
         r = statistics.median([c.get(onnx_name, 0) for c in runs]) if runs else 0.0
-        sum_ours += o
-        sum_ort += r
+        h = hot.get(name, 0.0)
+        sum_ours, sum_ort, sum_hot = sum_ours + o, sum_ort + r, sum_hot + h
         if o or r:
-            print(f"{name:<8} {o:9.0f} {r:9.0f} {o - r:9.0f}")
-    print(f"{'sum':<8} {sum_ours:9.0f} {sum_ort:9.0f} {sum_ours - sum_ort:9.0f}")
+            print(f"{name:<8} {o:9.0f} {r:9.0f} {o - r:9.0f} {h:9.0f} {o - h:9.0f}")
+    print(f"{'sum':<8} {sum_ours:9.0f} {sum_ort:9.0f} {sum_ours - sum_ort:9.0f} {sum_hot:9.0f} {sum_ours - sum_hot:9.0f}")
     print(f"{'forward':<8} {statistics.median(totals['ours']):9.0f} {statistics.median(totals['ort']):9.0f}"
           f" {statistics.median(totals['ours']) - statistics.median(totals['ort']):9.0f}")
 
