@@ -48,7 +48,8 @@ def part_names(fused):
 
 
 def hook_parts(model, names, sink):
-    start = {}
+    """Time every call of each part into sink[name]; returns the hooks' handles."""
+    start, handles = {}, []
     for name in names:
         module = model.get_submodule(name)
 
@@ -58,8 +59,8 @@ def hook_parts(model, names, sink):
         def post(_m, _a, _o, name=name):
             sink[name].append((time.perf_counter() - start[name]) * 1e6)
 
-        module.register_forward_pre_hook(pre)
-        module.register_forward_hook(post)
+        handles += [module.register_forward_pre_hook(pre), module.register_forward_hook(post)]
+    return handles
 
 
 def hot_times(fused, names, xin, calls):
@@ -131,7 +132,7 @@ def main():
                 fused(xin)
             for _ in range(20):
                 sess.run(None, {"x": xnp})
-            hook_parts(fused, names, ours)
+            timing_hooks = hook_parts(fused, names, ours)
             # Chunks of forwards, alternating: forward by forward, each runtime's idle threads
             # (ORT's spin, OpenMP's) would still be busy when the other starts.
             chunk = 20
@@ -146,6 +147,8 @@ def main():
                     totals["ort"].append((time.perf_counter() - t) * 1e6)
         with open(sess.end_profiling()) as f:
             events = json.load(f)
+        for handle in timing_hooks:  # the hot runs below are not in-model times
+            handle.remove()
         with torch.no_grad():
             hot = hot_times(fused, names, xin, max(10, args.iters // 4))
     # Per run, the sum of each block's node durations; the warm-up runs are dropped. Events are
