@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from torch.nn.modules import module as nn_module
 
 from . import dispatch
+from .backends import cpu as cpu_backend
 from .dispatch import signature
 from .ops import conv1x1_conv_bn_act as pair_op
 from .ops import conv_bn_act as conv_op
@@ -170,10 +171,15 @@ class FusedConv(nn.Module):
     @classmethod
     def from_linear(cls, fc: nn.Linear, dtype: torch.dtype) -> "FusedConv":
         """An FC layer (no BN to fold) as a 1x1 conv, for pooled [N, C, 1, 1] activations."""
+        bias = fc.bias if fc.bias is not None else torch.zeros(fc.out_features)
+        return cls.holding(fc.weight.detach()[:, :, None, None].to(dtype).clone(), bias.detach().to(dtype).clone())
+
+    @classmethod
+    def holding(cls, weight: Tensor, bias: Tensor, stride: int = 1, groups: int = 1) -> "FusedConv":
+        """A conv of these (already folded) weight and bias."""
         self = cls.__new__(cls)
         nn.Module.__init__(self)
-        bias = fc.bias if fc.bias is not None else torch.zeros(fc.out_features)
-        self._hold(fc.weight.detach()[:, :, None, None].to(dtype).clone(), bias.detach().to(dtype).clone(), 1, 1)
+        self._hold(weight, bias, stride, groups)
         return self
 
     def _hold(self, weight: Tensor, bias: Tensor, stride: int, groups: int) -> None:
@@ -596,18 +602,67 @@ class FusedHead(nn.Module):
     [N, C, 1, 1] through the op API, so its route is chosen (and timed) like the blocks' convs:
     after a forward its weight comes from L3 or memory, which our kernel streams on every thread
     (regnetx_004 batch 1 on an AMD EPYC: 177 us for pool and FC against 312 with F.linear;
-    bench/NOTES.md, Step 11)."""
+    bench/NOTES.md, Step 11).
+
+    For fp32 channels-last CPU activations on the cpu backend (auto or forced), the pool is the
+    extension's channel_sums (sums over H, W) and the FC a copy of `fc` whose weight is scaled by
+    1 / (H W), made once per map size and remade when `fc`'s weight or bias changes: after a
+    forward, ATen's mean pays ~85 us for code the forward evicted where channel_sums pays ~18, and
+    scaling the sums instead would be another such op (~60 us). Once the FC's route is settled the
+    two run as bound calls (the module path's Python is ~60 us cold). Head after a forward, AMD
+    EPYC: regnetx_004 batch 1 253 -> 183 us, batch 16 459 -> 360, regnety_016 batch 1 396 -> 286
+    (bench/NOTES.md, Step 15). Not for bf16/fp16 (the scaled weight would be rounded a second
+    time), and not when `fc` has forward hooks (they would not be called).
+    """
 
     def __init__(self, head: nn.Module, dtype: torch.dtype, backend: Optional[str] = None):
         super().__init__()
         self.fc = FusedConv.from_linear(head.fc, dtype) if isinstance(head.fc, nn.Linear) else None
         self.backend = backend
+        self._fc_of_sums = None  # (map size and fc's weight and bias versions, FusedConv of weight / (H W))
+        self._plans = {}  # input signature -> sums and the scaled FC as bound calls, once its route is settled
+
+    def _apply(self, fn, recurse=True):
+        self._fc_of_sums = None  # remade for the moved or cast fc on the next call
+        self._plans.clear()
+        return super()._apply(fn, recurse)
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.fc is not None and self._pool_as_sums(x):
+            fc = self._fc_of_map(x.shape[2] * x.shape[3])
+            key = signature(x)
+            plan = self._plans.get(key)
+            if plan is not None:  # the module path's Python costs ~60 us here after a forward
+                return plan(x)
+            sums = cpu_backend.spatial_sums(x)
+            if sums is not None:
+                y = fc(sums[:, :, None, None], relu=False, backend=self.backend).flatten(1)
+                run = _stashed(fc, "last_run")  # this call's bound FC, once its route is settled
+                if run is not None:
+                    sums_of, fc_of = cpu_backend.spatial_sums_call(), _bound(fc, run)
+                    self._plans[key] = lambda x: fc_of(sums_of(x)[:, :, None, None]).flatten(1)
+                return y
         pooled = x.mean((2, 3), keepdim=True, dtype=torch.float32).to(x.dtype)
         if self.fc is None:
             return pooled.flatten(1)
         return self.fc(pooled, relu=False, backend=self.backend).flatten(1)
+
+    def _pool_as_sums(self, x: Tensor) -> bool:
+        return (x.dtype == torch.float32 and self.backend in (None, cpu_backend.NAME) and x.is_cpu
+                and x.stride(1) == 1 and cpu_backend.EXT is not None and not torch.compiler.is_compiling()
+                and not _has_hooks(self.fc))
+
+    def _fc_of_map(self, hw: int) -> "FusedConv":
+        """The FC of a sum over `hw` pixels: fc with its weight / hw (scaled in float64)."""
+        w, b = self.fc.weight, self.fc.bias
+        stamp = (hw, w.data_ptr(), w._version, b.data_ptr(), b._version)
+        held = self._fc_of_sums
+        if held is None or held[0] != stamp:
+            # Normal tensors even under inference_mode: the packed-weight caches key on versions.
+            with torch.inference_mode(False), torch.no_grad():
+                held = self._fc_of_sums = (stamp, FusedConv.holding((w.double() / hw).to(w.dtype), b))
+            self._plans.clear()
+        return held[1]
 
 
 class FusedRegNet(_InferenceModule):

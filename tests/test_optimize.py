@@ -315,6 +315,54 @@ def test_blocks_run_plans_once_settled_and_drop_them_when_moved():
     assert seen, "a global forward hook was skipped by a planned block"
 
 
+def _head_reference(head: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Pool and FC of the original head in float64."""
+    return F.linear(x.double().mean((2, 3)), head.fc.weight.double(), head.fc.bias.double())
+
+
+def test_head_pools_by_channel_sums_into_a_scaled_fc(monkeypatch):
+    """fp32 on the CPU: the head sums over H, W with the extension's channel_sums and runs the FC
+    with its weight / (H W); settled, it runs that as a plan. Outputs match the float64 pool + FC
+    on every call, at odd map sizes, after the map size changes, and after fc's weight and bias
+    are updated in place (the scaled copy is remade). A forward hook on head.fc is called (the
+    plain path); bf16 and a forced eager backend take the plain path too."""
+    from regnet_kernels.backends import cpu as cpu_backend
+    from regnet_kernels.modules import FusedHead
+
+    if cpu_backend.EXT is None:
+        pytest.skip("the extension is not built: no channel_sums")
+    model = regnet.create_model("regnetx_002", num_classes=37).eval()
+    head = FusedHead(model.head, torch.float32)
+    sums_calls = []
+    monkeypatch.setattr(cpu_backend, "spatial_sums_call",
+                        lambda call=cpu_backend.spatial_sums_call: lambda x: sums_calls.append(1) or call()(x))
+    fc = head.fc
+    with torch.inference_mode():
+        for h, w in ((7, 5), (7, 5), (1, 1), (13, 9)):
+            x = torch.randn(3, fc.weight.shape[1], h, w).to(memory_format=torch.channels_last)
+            for _ in range(SETTLE_CALLS):
+                assert rel_err(head(x), _head_reference(model.head, x)) <= 1e-5, (h, w)
+            assert head._plans and sums_calls, "no plan of channel sums once settled"
+        with torch.inference_mode(False), torch.no_grad():
+            fc.weight.mul_(-0.5)
+            fc.bias.add_(1.0)
+            model.head.fc.weight.mul_(-0.5)
+            model.head.fc.bias.add_(1.0)
+        assert rel_err(head(x), _head_reference(model.head, x)) <= 1e-5, "after an in-place update of fc"
+        seen = []
+        handle = fc.register_forward_hook(lambda *_: seen.append(1))
+        assert rel_err(head(x), _head_reference(model.head, x)) <= 1e-5 and seen, "fc's hook was not called"
+        handle.remove()
+        sums_calls.clear()
+        xb = x.bfloat16()
+        bf16 = FusedHead(model.head, torch.bfloat16)
+        eager_own = F.linear(xb.mean((2, 3)), model.head.fc.weight.bfloat16(), model.head.fc.bias.bfloat16())
+        assert rel_err(bf16(xb), _head_reference(model.head, x)) <= 2 * max(
+            rel_err(eager_own, _head_reference(model.head, x)), torch.finfo(torch.bfloat16).eps / 2)
+        assert rel_err(FusedHead(model.head, torch.float32, backend="eager")(x), _head_reference(model.head, x)) <= 1e-5
+        assert not sums_calls, "bf16 or the eager backend went through channel_sums"
+
+
 def test_blocks_reuse_only_buffers_they_own():
     """K4 may write into the shortcut's buffer: a standalone block must leave its input alone
     (identity shortcut), and a FusedRegNet must leave the caller's input and stage outputs alone."""

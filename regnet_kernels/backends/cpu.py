@@ -40,6 +40,19 @@ def _common_reasons(x, others=()) -> List[str]:
     return reasons
 
 
+def spatial_sums(x):
+    """The fp32 [N, C] sums of x over H and W by the extension's channel_sums kernel, or None where
+    it does not serve x (not built; not a channels-last CPU activation of a kernel dtype)."""
+    if x.dim() != 4 or _common_reasons(x):
+        return None
+    return spatial_sums_call()(x)
+
+
+def spatial_sums_call():
+    """spatial_sums without its checks, for calls bound to a signature it served."""
+    return native_call("channel_sums")
+
+
 def conv_supports(*, x, weight, bias=None, stride=1, padding=None, groups=1, residual=None, relu=True,
                   channel_sums=False, forced=False) -> List[str]:
     reasons = _common_reasons(x, (("residual", residual),))
