@@ -100,6 +100,12 @@ def _has_hooks(module: nn.Module) -> bool:
     return _global_hooks() or any(m._forward_hooks or m._forward_pre_hooks for m in module.modules())
 
 
+def _hooked_or_training(modules) -> bool:
+    """Whether a global forward hook is registered, or one of `modules` (not their children) has a
+    forward hook or is in train mode."""
+    return _global_hooks() or any(m._forward_hooks or m._forward_pre_hooks or m.training for m in modules)
+
+
 class _Planned(_InferenceModule):
     """A block that, once every choice for an input signature is made (backend, routes, schedule),
     runs that signature as a plan: one closure calling the bound implementations in order, without
@@ -121,7 +127,9 @@ class _Planned(_InferenceModule):
         key = signature(x)
         plan = self.plans.get(key)
         if plan is not None and not _global_hooks():
+            _stash(self, "last_plan", plan)  # for FusedRegNet's flat forward
             return plan(x)
+        _stash(self, "last_plan", None)
         y = self._run_ops(x)
         plan = self._make_plan()
         if plan is not None and not _has_hooks(self):
@@ -675,6 +683,13 @@ class FusedRegNet(_InferenceModule):
     in-place ReLUs; the model's input and each stage's output are never overwritten.
     On the CPU the stem and stages run with the extension's memory pool as torch's CPU allocator
     (regnet_kernels/memory.py): each forward reuses the last one's large blocks.
+
+    Once the stem's conv and every block run a settled call for an input signature, the stem and
+    stages run it as a flat list of those calls, without the ~10 us of module calls and checks a
+    block costs in a forward whose Python state is out of cache (regnetx_004 batch 1 on an AMD
+    EPYC: ~0.3 ms of 5.4; bench/NOTES.md, Step 15). Not under torch.compile, and not while any of
+    the skipped modules (stem, its conv, stages, blocks) has a forward hook or is in train mode,
+    or a global hook is registered: those forwards go through the modules.
     """
 
     def __init__(self, model: nn.Module, dtype: torch.dtype = torch.float32,
@@ -700,7 +715,12 @@ class FusedRegNet(_InferenceModule):
                 self.add_module(name, nn.Sequential(*blocks))
                 self.stage_names.append(name)
         self.head = FusedHead(model.head, dtype, backend)
+        self._flat = {}  # input signature -> (the stem's and blocks' settled calls, the modules they skip)
         self.eval()
+
+    def _apply(self, fn, recurse=True):
+        self._flat.clear()  # the calls were bound for the old tensors
+        return super()._apply(fn, recurse)
 
     def forward_features(self, x: Tensor) -> Tensor:
         self._check_eval()
@@ -715,10 +735,37 @@ class FusedRegNet(_InferenceModule):
 
     def _features(self, x: Tensor) -> Tensor:
         x = x.to(dtype=self.dtype, memory_format=self.memory_format)
+        if torch.compiler.is_compiling():
+            return self._modules_features(x)
+        key = signature(x)
+        flat = self._flat.get(key)
+        if flat is not None and not _hooked_or_training(flat[1]):
+            for run in flat[0]:
+                x = run(x)
+            return x
+        y = self._modules_features(x)
+        flat = self._last_calls()
+        if flat is not None and not _hooked_or_training(flat[1]):
+            self._flat[key] = flat
+        return y
+
+    def _modules_features(self, x: Tensor) -> Tensor:
         x = self.stem(x)
         for name in self.stage_names:
             x = getattr(self, name)(x)
         return x
+
+    def _last_calls(self):
+        """(the settled calls of this thread's last forward through the modules, the modules whose
+        calls they skip), or None if the stem's conv or a block did not run a settled call."""
+        stem_run = _stashed(self.stem.conv, "last_run")
+        stages = [getattr(self, name) for name in self.stage_names]
+        blocks = [block for stage in stages for block in stage]
+        plans = [_stashed(block, "last_plan") for block in blocks]
+        if stem_run is None or any(plan is None for plan in plans):
+            return None
+        stem_conv = _bound(self.stem.conv, stem_run)
+        return [stem_conv, *plans], (self.stem, self.stem.conv, *stages, *blocks)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.forward_features(x))  # the head's tensors are small: not pooled

@@ -363,6 +363,41 @@ def test_head_pools_by_channel_sums_into_a_scaled_fc(monkeypatch):
         assert not sums_calls, "bf16 or the eager backend went through channel_sums"
 
 
+def test_settled_forwards_run_as_a_flat_list_that_hooks_and_train_mode_bypass(monkeypatch):
+    """Once the stem and every block are settled for a signature, the model runs them as a flat
+    list of their settled calls: no block module is called. A forward hook added afterwards to a
+    block, a stage, the stem or the stem's conv is still called (that forward goes through the
+    modules), a block put in train mode still raises, and .to() drops the list. Outputs match the
+    original on every call."""
+    from regnet_kernels.modules import _Planned
+
+    model = _randomize_bn(regnet.create_model("regnety_002"))
+    fused = rk.optimize(model)
+    x = torch.randn(1, 3, 64, 64)
+    block_calls = []
+    forward = _Planned.forward
+    monkeypatch.setattr(_Planned, "forward", lambda self, t: block_calls.append(1) or forward(self, t))
+    with torch.no_grad():
+        ref = model(x)
+        for _ in range(SETTLE_CALLS + 2):
+            assert (fused(x) - ref).abs().max().item() <= 1e-4
+        assert len(fused._flat) == 1
+        block_calls.clear()
+        assert (fused(x) - ref).abs().max().item() <= 1e-4 and not block_calls, "a settled forward called blocks"
+        for target in (fused.s3[1], fused.s4, fused.stem, fused.stem.conv):
+            seen = []
+            handle = target.register_forward_hook(lambda *_: seen.append(1))
+            assert (fused(x) - ref).abs().max().item() <= 1e-4 and seen, f"hook on {type(target).__name__} not called"
+            handle.remove()
+        fused.s2[0].train()
+        with pytest.raises(RuntimeError, match="inference module"):
+            fused(x)
+        fused.s2[0].eval()
+        assert (fused(x) - ref).abs().max().item() <= 1e-4
+        fused.to(torch.float32)
+        assert not fused._flat
+
+
 def test_blocks_reuse_only_buffers_they_own():
     """K4 may write into the shortcut's buffer: a standalone block must leave its input alone
     (identity shortcut), and a FusedRegNet must leave the caller's input and stage outputs alone."""
