@@ -25,7 +25,7 @@ dispatcher picks, or the one given. Activations stay in the layout they arrive i
 from __future__ import annotations
 
 import threading
-from typing import Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -60,7 +60,30 @@ TRACE_ERROR = (
 )
 
 
-class _InferenceModule(nn.Module):
+class _Cached(nn.Module):
+    """A module whose per-signature caches (bound calls, plans) and stashes hold closures over its
+    own tensors and its children's. A deepcopy would share those closures, and so run the
+    original's weights, whatever the copy's are; pickle cannot hold them. A copy or a pickle
+    therefore starts without them (the timed choices, plain indices, are kept) and binds its own
+    calls on its first calls. `_caches`: attribute -> factory of its empty value, per class."""
+
+    _caches: Dict[str, Callable[[], object]] = {}
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        for name in [name for name in state if name.startswith("last_")]:  # _stash's entries
+            del state[name]
+        for name, value in list(state.items()):
+            if isinstance(value, _ResolvedOps):
+                state[name] = _ResolvedOps()
+        for cls in type(self).__mro__:
+            for name, empty in vars(cls).get("_caches", {}).items():
+                if name in state:
+                    state[name] = empty()
+        return state
+
+
+class _InferenceModule(_Cached):
     backend: Optional[str] = None
 
     def _check_eval(self) -> None:
@@ -116,6 +139,8 @@ class _Planned(_InferenceModule):
     a block with forward hooks on it or its modules when the plan is made (they would not be
     called); hooks added to inner modules after that are not called for planned signatures."""
 
+    _caches = {"plans": dict}
+
     def __init__(self):
         super().__init__()
         self.plans = {}  # input signature -> plan(x)
@@ -169,7 +194,7 @@ class _ResolvedOps:
 SETTLE_CALLS = 1 + 2 * (1 + Trials.TRIALS) + (1 + Trials.TRIALS) + 2 * (1 + Trials.TRIALS) + 2 * (1 + Trials.TRIALS) + 1
 
 
-class FusedConv(nn.Module):
+class FusedConv(_Cached):
     """Folded (weight, bias) of a conv + eval BN, with its stride and groups."""
 
     def __init__(self, conv: nn.Conv2d, bn: nn.BatchNorm2d, dtype: torch.dtype):
@@ -279,6 +304,7 @@ class FusedXBlock(_Planned):
     """
 
     input_is_scratch: bool = False
+    _caches = {"front_timed": dict, "ops_timed": dict}
 
     def __init__(self, block: nn.Module, dtype: torch.dtype, backend: Optional[str] = None):
         super().__init__()
@@ -605,7 +631,7 @@ class FusedStem(_InferenceModule):
         return self.conv(x, backend=self.backend)
 
 
-class FusedHead(nn.Module):
+class FusedHead(_Cached):
     """Global average pool (fp32 accumulation) and FC. The FC runs as a 1x1 conv of the pooled
     [N, C, 1, 1] through the op API, so its route is chosen (and timed) like the blocks' convs:
     after a forward its weight comes from L3 or memory, which our kernel streams on every thread
@@ -622,6 +648,8 @@ class FusedHead(nn.Module):
     (bench/NOTES.md, Step 15). Not for bf16/fp16 (the scaled weight would be rounded a second
     time), and not when `fc` has forward hooks (they would not be called).
     """
+
+    _caches = {"_fc_of_sums": lambda: None, "_plans": dict}
 
     def __init__(self, head: nn.Module, dtype: torch.dtype, backend: Optional[str] = None):
         super().__init__()
@@ -691,6 +719,8 @@ class FusedRegNet(_InferenceModule):
     the skipped modules (stem, its conv, stages, blocks) has a forward hook or is in train mode,
     or a global hook is registered: those forwards go through the modules.
     """
+
+    _caches = {"_flat": dict}
 
     def __init__(self, model: nn.Module, dtype: torch.dtype = torch.float32,
                  memory_format: torch.memory_format = torch.channels_last, backend: Optional[str] = None):

@@ -398,6 +398,31 @@ def test_settled_forwards_run_as_a_flat_list_that_hooks_and_train_mode_bypass(mo
         assert not fused._flat
 
 
+@pytest.mark.parametrize("name", ("regnetx_002", "regnety_002"))
+def test_copies_and_pickles_of_a_settled_model_run_their_own_weights(name):
+    """A settled model's bound calls are closures over its own tensors: a deepcopy must not share
+    them. A copy given other weights (load_state_dict) computes with those, the original keeps its
+    own, and a pickle round trip (torch.save of the module) gives the original's outputs."""
+    import pickle
+
+    torch.manual_seed(0)
+    model_a = _randomize_bn(regnet.create_model(name), seed=0)
+    model_b = _randomize_bn(regnet.create_model(name), seed=1)
+    fused_a = rk.optimize(model_a)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        ref_a, ref_b = model_a(x), model_b(x)
+        for _ in range(SETTLE_CALLS + 2):
+            fused_a(x)
+        copied = copy.deepcopy(fused_a)
+        copied.load_state_dict(rk.optimize(model_b).state_dict())
+        for _ in range(3):
+            assert (copied(x) - ref_b).abs().max().item() <= 1e-4, "the copy ran the original's weights"
+            assert (fused_a(x) - ref_a).abs().max().item() <= 1e-4, "the original changed with its copy"
+        unpickled = pickle.loads(pickle.dumps(fused_a))
+        assert (unpickled(x) - ref_a).abs().max().item() <= 1e-4
+
+
 def test_blocks_reuse_only_buffers_they_own():
     """K4 may write into the shortcut's buffer: a standalone block must leave its input alone
     (identity shortcut), and a FusedRegNet must leave the caller's input and stage outputs alone."""
