@@ -96,7 +96,8 @@ class _InferenceModule(_Cached):
 def _stash(module: nn.Module, name: str, value) -> None:
     """Note what an op call bound, for the block's plan (plain dict write: nn.Module.__setattr__
     costs ~1 us). Tagged with the thread: a model shared by server threads must not build one
-    thread's plan from another's call."""
+    thread's plan from another's call. Names start with "last_": copies and pickles drop those
+    entries (_Cached)."""
     module.__dict__[name] = (threading.get_ident(), value)
 
 
