@@ -31,7 +31,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.modules import module as nn_module
 
-from . import dispatch
+from . import dispatch, replay
 from .backends import cpu as cpu_backend
 from .dispatch import signature
 from .ops import conv1x1_conv_bn_act as pair_op
@@ -60,6 +60,15 @@ TRACE_ERROR = (
 )
 
 
+_BUFFER_SETS = [0]  # buffers set or registered on any fused module so far
+
+
+def _buffers_generation() -> int:
+    """Changes whenever a fused module's buffer is set to a tensor (register_buffer, assignment,
+    load_state_dict(assign=True)); in-place updates change the tensors' versions instead."""
+    return _BUFFER_SETS[0]
+
+
 class _Cached(nn.Module):
     """A module whose per-signature caches (bound calls, plans) and stashes hold closures over its
     own tensors and its children's. A deepcopy would share those closures, and so run the
@@ -68,6 +77,12 @@ class _Cached(nn.Module):
     calls on its first calls. `_caches`: attribute -> factory of its empty value, per class."""
 
     _caches: Dict[str, Callable[[], object]] = {}
+
+    def register_buffer(self, name, tensor, persistent=True):
+        # Also how nn.Module assigns a buffer (`conv.weight = t`, load_state_dict(assign=True)):
+        # replayed calls hold the old tensor (FusedRegNet._replayed).
+        _BUFFER_SETS[0] += 1
+        super().register_buffer(name, tensor, persistent)
 
     def __getstate__(self):
         state = super().__getstate__()
@@ -665,11 +680,14 @@ class FusedHead(_Cached):
         return super()._apply(fn, recurse)
 
     def forward(self, x: Tensor) -> Tensor:
+        """The head; stashes "last_settled" (whether this call ran only settled choices: FusedRegNet
+        records a forward's calls for replay only then)."""
         if self.fc is not None and self._pool_as_sums(x):
             fc = self._fc_of_map(x.shape[2] * x.shape[3])
             key = signature(x)
             plan = self._plans.get(key)
             if plan is not None:  # the module path's Python costs ~60 us here after a forward
+                _stash(self, "last_settled", True)
                 return plan(x)
             sums = cpu_backend.spatial_sums(x)
             if sums is not None:
@@ -678,11 +696,13 @@ class FusedHead(_Cached):
                 if run is not None:
                     sums_of, fc_of = cpu_backend.spatial_sums_call(), _bound(fc, run)
                     self._plans[key] = lambda x: fc_of(sums_of(x)[:, :, None, None]).flatten(1)
+                _stash(self, "last_settled", run is not None)
                 return y
         pooled = x.mean((2, 3), keepdim=True, dtype=torch.float32).to(x.dtype)
-        if self.fc is None:
-            return pooled.flatten(1)
-        return self.fc(pooled, relu=False, backend=self.backend).flatten(1)
+        y = pooled.flatten(1) if self.fc is None else self.fc(pooled, relu=False, backend=self.backend).flatten(1)
+        if not torch.compiler.is_compiling():  # (dynamo does not trace the stash's thread id)
+            _stash(self, "last_settled", self.fc is None or _stashed(self.fc, "last_run") is not None)
+        return y
 
     def _pool_as_sums(self, x: Tensor) -> bool:
         return (x.dtype == torch.float32 and self.backend in (None, cpu_backend.NAME) and x.is_cpu
@@ -753,10 +773,13 @@ class FusedRegNet(_InferenceModule):
         self._flat.clear()  # the calls were bound for the old tensors
         return super()._apply(fn, recurse)
 
-    def forward_features(self, x: Tensor) -> Tensor:
+    def _check_input(self, x: Tensor) -> None:
         self._check_eval()
         if x.dim() != 4 or x.shape[1] != self.in_chans:
             raise ValueError(f"input x: expected [N, {self.in_chans}, H, W], got shape {list(x.shape)}")
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        self._check_input(x)
         if torch.compiler.is_compiling() or not x.is_cpu:
             return self._features(x)
         # The big activations reuse the previous forward's blocks instead of being page-faulted
@@ -770,14 +793,12 @@ class FusedRegNet(_InferenceModule):
             return self._modules_features(x)
         key = signature(x)
         flat = self._flat.get(key)
-        if flat is not None and not _hooked_or_training(flat[1]):
-            for run in flat[0]:
-                x = run(x)
-            return x
+        if flat is not None and not _hooked_or_training(flat.skipped):
+            return self._replayed(flat, "features", x, flat.run)
         y = self._modules_features(x)
-        flat = self._last_calls()
-        if flat is not None and not _hooked_or_training(flat[1]):
-            self._flat[key] = flat
+        calls = self._last_calls()
+        if calls is not None and not _hooked_or_training(calls[1]):
+            self._flat[key] = _Flat(*calls)
         return y
 
     def _modules_features(self, x: Tensor) -> Tensor:
@@ -798,5 +819,72 @@ class FusedRegNet(_InferenceModule):
         stem_conv = _bound(self.stem.conv, stem_run)
         return [stem_conv, *plans], (self.stem, self.stem.conv, *stages, *blocks)
 
+
     def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.forward_features(x))  # the head's tensors are small: not pooled
+        if torch.compiler.is_compiling() or not x.is_cpu:
+            return self.head(self.forward_features(x))
+        self._check_input(x)
+        head = (self.head,) if self.head.fc is None else (self.head, self.head.fc)
+        with pooled_cpu_memory():
+            x = x.to(dtype=self.dtype, memory_format=self.memory_format)
+            flat = self._flat.get(signature(x))
+            if flat is not None and not _hooked_or_training(flat.skipped + head):
+                return self._replayed(flat, "whole", x, lambda t: self.head(flat.run(t)),
+                                      settled=lambda: _stashed(self.head, "last_settled"))
+        return self.head(self.forward_features(x))  # settling: the head's small tensors are not pooled
+
+    def _replayed(self, flat: "_Flat", part: str, x: Tensor, run: Callable[[Tensor], Tensor],
+                  settled: Callable[[], bool] = lambda: True) -> Tensor:
+        """run(x) (a settled signature's calls), from a C++ replay of them once recorded
+        (replay.py: ~0.4 ms of a ~5.3 ms regnetx_004 batch-1 forward is Python between the ops on
+        an AMD EPYC, bench/NOTES.md Step 16). The first call records; a recording whose weights
+        changed (in place: CallList.run returns None; replaced: _buffers_generation()) is dropped,
+        the next call runs the Python calls (which repack the weights) and the one after records
+        again. `settled()` after the recorded call: whether every choice in it was settled (else
+        it is recorded again on the next call)."""
+        held = flat.replays.get(part)
+        if held is None:
+            if not settled():  # on the last call: not yet worth recording
+                return run(x)
+            if not replay.available():
+                flat.replays[part] = _NOT_REPLAYED
+                return run(x)
+            generation = _buffers_generation()
+            y, plan = replay.record(run, x, self.buffers())
+            if not settled():
+                return y
+            flat.replays[part] = (plan, generation) if plan is not None else _NOT_REPLAYED
+            return y
+        if held is _NOT_REPLAYED:
+            return run(x)
+        if held is _REPLAY_STALE:
+            del flat.replays[part]
+            return run(x)
+        plan, generation = held
+        if generation == _buffers_generation():
+            y = plan.run(x)
+            if y is not None:
+                return y
+        flat.replays[part] = _REPLAY_STALE
+        return run(x)
+
+
+_NOT_REPLAYED = "not replayed"  # _Flat.replays: the calls cannot be replayed (or no CallList): Python
+_REPLAY_STALE = "stale"  # its weights changed: one call through Python, then record again
+
+
+class _Flat:
+    """FusedRegNet's settled calls of one input signature: the stem's conv and each block's plan,
+    the modules they skip (whose hooks and train mode send a forward through the modules), and
+    their replays from C++ ("features": stem and stages; "whole": and the head)."""
+
+    __slots__ = ("calls", "skipped", "replays")
+
+    def __init__(self, calls, skipped):
+        self.calls, self.skipped = calls, skipped
+        self.replays = {}  # part -> (CallList, _buffers_generation() when recorded), or a marker above
+
+    def run(self, x: Tensor) -> Tensor:
+        for call in self.calls:
+            x = call(x)
+        return x
