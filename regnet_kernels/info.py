@@ -8,7 +8,7 @@ import platform
 
 import torch
 
-from . import _ext, dispatch, memory
+from . import _ext, dispatch, memory, replay
 
 
 def _sample_args(device: str, dtype: torch.dtype, channels_last: bool = True):
@@ -59,6 +59,10 @@ def report() -> str:
 
         lines.append(cpu_backend.onednn_routes())
         lines.append(memory.pool_summary())
+        why_not = ("REGNET_KERNELS_REPLAY=0" if not replay.REPLAY_ENABLED
+                   else "the extension was built without CallList: rebuild it")
+        lines.append("settled forwards of optimized models replayed from C++ (CallList): " + (
+            "yes; REGNET_KERNELS_REPLAY=0 turns it off" if replay.available() else f"no ({why_not})"))
     forced = os.environ.get(dispatch.ENV_VAR)
     order = " > ".join(f"{n} ({'/'.join(d) if d else 'any device'})" for n, d in
                        ((n, dispatch.AUTO_DEVICES[n]) for n in dispatch.AUTO_ORDER))

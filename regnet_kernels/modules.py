@@ -738,7 +738,10 @@ class FusedRegNet(_InferenceModule):
     block costs in a forward whose Python state is out of cache (regnetx_004 batch 1 on an AMD
     EPYC: ~0.3 ms of 5.4; bench/NOTES.md, Step 15). Not under torch.compile, and not while any of
     the skipped modules (stem, its conv, stages, blocks) has a forward hook or is in train mode,
-    or a global hook is registered: those forwards go through the modules.
+    or a global hook is registered: those forwards go through the modules. The call after that
+    records the list's op calls (and, for forward(), the head's, once its FC is settled) and
+    replays them from C++ on later calls (replay.py; ~0.4 ms of a ~5.3 ms regnetx_004 batch-1
+    forward, bench/NOTES.md Step 16); hooks on the head or its FC and train mode bypass that too.
     """
 
     _caches = {"_flat": dict}

@@ -18,6 +18,7 @@ it is used.
 
 from __future__ import annotations
 
+import os
 from typing import Callable, Iterable, Optional
 
 import torch
@@ -26,13 +27,16 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from . import _ext
 
-__all__ = ["record", "available"]
+__all__ = ["record", "available", "REPLAY_ENABLED"]
+
+# REGNET_KERNELS_REPLAY=0: settled forwards keep running their Python calls (for A/B and debugging).
+REPLAY_ENABLED = os.environ.get("REGNET_KERNELS_REPLAY", "1") != "0"
 
 
 def available() -> bool:
-    """Whether the extension has CallList (an older build may not)."""
+    """Whether replays are on and the extension has CallList (an older build may not)."""
     ext = _ext.load()
-    return ext is not None and hasattr(ext, "CallList")
+    return REPLAY_ENABLED and ext is not None and hasattr(ext, "CallList")
 
 
 class _Recorder(TorchDispatchMode):
@@ -123,6 +127,7 @@ def record(fn: Callable[[Tensor], Tensor], x: Tensor, sources: Iterable[Tensor])
     except Unsupported:
         return y, None
     again: Optional[Tensor] = plan.run(x)
-    if again is None or again.shape != y.shape or again.stride() != y.stride() or not torch.equal(again, y):
+    if again is None or again.shape != y.shape or again.stride() != y.stride() or again.dtype != y.dtype or not (
+            torch.equal(again, y) or torch.allclose(again, y, rtol=0, atol=0, equal_nan=True)):
         return y, None
     return y, plan

@@ -14,7 +14,7 @@ from regnet_kernels.modules import SETTLE_CALLS, _Flat
 from regnet_kernels.testing import poison_outputs
 from test_optimize import _randomize_bn
 
-pytestmark = pytest.mark.skipif(not replay.available(), reason="regnet_kernels._C (with CallList) is not built")
+pytestmark = pytest.mark.skipif(not replay.available(), reason="replays off (REGNET_KERNELS_REPLAY=0) or regnet_kernels._C without CallList")
 
 
 def _cl(*shape):
