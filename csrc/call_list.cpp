@@ -40,6 +40,9 @@ class CallList {
       Arg arg;
       arg.reg = pair[0].cast<int64_t>();
       if (arg.reg < 0) {
+        // A Python number where the schema takes a Tensor (`t * 256` reaches a dispatch mode so)
+        // becomes a 0-dim tensor, as the Python call's own conversion makes it.
+        torch::jit::ToIValueAllowNumbersAsTensors numbers_as_tensors(true);
         arg.constant = torch::jit::toIValue(pair[1], schema.arguments()[i].type());
       } else {
         TORCH_CHECK(arg.reg < num_registers_, "CallList.add: register ", arg.reg, " is not defined yet (",

@@ -60,12 +60,13 @@ TRACE_ERROR = (
 )
 
 
-_BUFFER_SETS = [0]  # buffers set or registered on any fused module so far
+_BUFFER_SETS = [0]  # buffers of fused modules replaced by other tensors so far
 
 
 def _buffers_generation() -> int:
-    """Changes whenever a fused module's buffer is set to a tensor (register_buffer, assignment,
-    load_state_dict(assign=True)); in-place updates change the tensors' versions instead."""
+    """Changes whenever a fused module's buffer is replaced by another tensor (register_buffer of
+    an existing name, assignment, load_state_dict(assign=True)); in-place updates change the
+    tensors' versions instead. New modules' buffers leave it alone (no replay holds them)."""
     return _BUFFER_SETS[0]
 
 
@@ -81,7 +82,8 @@ class _Cached(nn.Module):
     def register_buffer(self, name, tensor, persistent=True):
         # Also how nn.Module assigns a buffer (`conv.weight = t`, load_state_dict(assign=True)):
         # replayed calls hold the old tensor (FusedRegNet._replayed).
-        _BUFFER_SETS[0] += 1
+        if name in self.__dict__.get("_buffers", ()):
+            _BUFFER_SETS[0] += 1
         super().register_buffer(name, tensor, persistent)
 
     def __getstate__(self):
@@ -665,17 +667,20 @@ class FusedHead(_Cached):
     time), and not when `fc` has forward hooks (they would not be called).
     """
 
-    _caches = {"_fc_of_sums": lambda: None, "_plans": dict}
+    _caches = {"_fc_of_sums": dict, "_plans": dict}
+    # Scaled FC copies kept, one per map size: a server alternating input sizes keeps each size's
+    # copy, its timed route and its plan instead of remaking them on every switch.
+    MAP_SIZES_KEPT = 8
 
     def __init__(self, head: nn.Module, dtype: torch.dtype, backend: Optional[str] = None):
         super().__init__()
         self.fc = FusedConv.from_linear(head.fc, dtype) if isinstance(head.fc, nn.Linear) else None
         self.backend = backend
-        self._fc_of_sums = None  # (map size and fc's weight and bias versions, FusedConv of weight / (H W))
+        self._fc_of_sums = {}  # map size H W -> (fc's weight and bias stamps, FusedConv of weight / (H W))
         self._plans = {}  # input signature -> sums and the scaled FC as bound calls, once its route is settled
 
     def _apply(self, fn, recurse=True):
-        self._fc_of_sums = None  # remade for the moved or cast fc on the next call
+        self._fc_of_sums = {}  # remade for the moved or cast fc on the next call
         self._plans.clear()
         return super()._apply(fn, recurse)
 
@@ -712,13 +717,15 @@ class FusedHead(_Cached):
     def _fc_of_map(self, hw: int) -> "FusedConv":
         """The FC of a sum over `hw` pixels: fc with its weight / hw (scaled in float64)."""
         w, b = self.fc.weight, self.fc.bias
-        stamp = (hw, w.data_ptr(), w._version, b.data_ptr(), b._version)
-        held = self._fc_of_sums
+        stamp = (w.data_ptr(), w._version, b.data_ptr(), b._version)
+        held = self._fc_of_sums.get(hw)
         if held is None or held[0] != stamp:
+            if len(self._fc_of_sums) >= self.MAP_SIZES_KEPT:
+                self._fc_of_sums.clear()
             # Normal tensors even under inference_mode: the packed-weight caches key on versions.
             with torch.inference_mode(False), torch.no_grad():
-                held = self._fc_of_sums = (stamp, FusedConv.holding((w.double() / hw).to(w.dtype), b))
-            self._plans.clear()
+                held = self._fc_of_sums[hw] = (stamp, FusedConv.holding((w.double() / hw).to(w.dtype), b))
+            self._plans.clear()  # plans of every map size: their copies are checked on their next calls
         return held[1]
 
 
@@ -821,7 +828,6 @@ class FusedRegNet(_InferenceModule):
             return None
         stem_conv = _bound(self.stem.conv, stem_run)
         return [stem_conv, *plans], (self.stem, self.stem.conv, *stages, *blocks)
-
 
     def forward(self, x: Tensor) -> Tensor:
         if torch.compiler.is_compiling() or not x.is_cpu:

@@ -124,7 +124,7 @@ def record(fn: Callable[[Tensor], Tensor], x: Tensor, sources: Iterable[Tensor])
         return y, None
     try:
         plan = _build(x, y, recorder.calls, sources)
-    except Unsupported:
+    except (Unsupported, RuntimeError, TypeError):  # (an argument CallList cannot convert): not replayed
         return y, None
     again: Optional[Tensor] = plan.run(x)
     if again is None or again.shape != y.shape or again.stride() != y.stride() or again.dtype != y.dtype or not (
