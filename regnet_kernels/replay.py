@@ -59,12 +59,6 @@ def _outputs(out) -> list:
     return list(out) if isinstance(out, (tuple, list)) else [out]
 
 
-def _has_tensor(value) -> bool:
-    if isinstance(value, Tensor):
-        return True
-    return isinstance(value, (tuple, list)) and any(_has_tensor(v) for v in value)
-
-
 def _build(x: Tensor, y: Tensor, calls, sources: Iterable[Tensor]):
     ext = _ext.load()
     registers = {id(x): 0}  # tensor -> its latest register; ids stay unique: `calls` holds the tensors
