@@ -9,7 +9,9 @@ ONNX exporter gives (`/s3/b1/...`); the time between ORT's nodes is not in its r
 over the timed forwards, in microseconds. Both run in this process, in alternating chunks of
 forwards, so the VM's drift hits both alike. Used for NOTES' per-block comparisons.
 
-The "hot" column runs each of our parts alone, again and again, on the input it got in a forward
+The "forward" row times whole forwards without the hooks (a hooked forward runs through the
+modules; an unhooked settled one is replayed from C++, bench/NOTES.md Step 16), so it can be
+less than the sum of the parts. The "hot" column runs each of our parts alone, again and again, on the input it got in a forward
 (a fresh copy per call: blocks may write into their input), under the forward's memory pool: its
 weights and code stay in cache, so "in model - hot" is what the rest of the forward costs that
 part (weights evicted by the other parts' weights, cold code after the stages: bench/NOTES.md,
@@ -132,11 +134,17 @@ def main():
                 fused(xin)
             for _ in range(20):
                 sess.run(None, {"x": xnp})
-            timing_hooks = hook_parts(fused, names, ours)
             # Chunks of forwards, alternating: forward by forward, each runtime's idle threads
-            # (ORT's spin, OpenMP's) would still be busy when the other starts.
+            # (ORT's spin, OpenMP's) would still be busy when the other starts. Ours twice: with
+            # the timing hooks (the parts; hooks send a forward through the modules) and without
+            # them (the forward row: the settled forward as users run it, replayed from C++).
             chunk = 20
             for _ in range(0, args.iters, chunk):
+                timing_hooks = hook_parts(fused, names, ours)
+                for _ in range(chunk):
+                    fused(xin)
+                for handle in timing_hooks:
+                    handle.remove()
                 for _ in range(chunk):
                     t = time.perf_counter()
                     fused(xin)
@@ -147,8 +155,6 @@ def main():
                     totals["ort"].append((time.perf_counter() - t) * 1e6)
         with open(sess.end_profiling()) as f:
             events = json.load(f)
-        for handle in timing_hooks:  # the hot runs below are not in-model times
-            handle.remove()
         with torch.no_grad():
             hot = hot_times(fused, names, xin, max(10, args.iters // 4))
     # Per run, the sum of each block's node durations; the warm-up runs are dropped. Events are
