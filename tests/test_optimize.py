@@ -365,10 +365,10 @@ def test_head_pools_by_channel_sums_into_a_scaled_fc(monkeypatch):
 
 def test_settled_forwards_run_as_a_flat_list_that_hooks_and_train_mode_bypass(monkeypatch):
     """Once the stem and every block are settled for a signature, the model runs them as a flat
-    list of their settled calls: no block module is called. A forward hook added afterwards to a
-    block, a stage, the stem or the stem's conv is still called (that forward goes through the
-    modules), a block put in train mode still raises, and .to() drops the list. Outputs match the
-    original on every call."""
+    list of their settled calls, then from its C++ replay (tests/test_replay.py): no block module
+    is called. A forward hook added afterwards to a block, a stage, the stem, the stem's conv, the
+    head or its FC is still called (that forward goes through the modules), a block put in train
+    mode still raises, and .to() drops the list. Outputs match the original on every call."""
     from regnet_kernels.modules import _Planned
 
     model = _randomize_bn(regnet.create_model("regnety_002"))
@@ -384,7 +384,7 @@ def test_settled_forwards_run_as_a_flat_list_that_hooks_and_train_mode_bypass(mo
         assert len(fused._flat) == 1
         block_calls.clear()
         assert (fused(x) - ref).abs().max().item() <= 1e-4 and not block_calls, "a settled forward called blocks"
-        for target in (fused.s3[1], fused.s4, fused.stem, fused.stem.conv):
+        for target in (fused.s3[1], fused.s4, fused.stem, fused.stem.conv, fused.head, fused.head.fc):
             seen = []
             handle = target.register_forward_hook(lambda *_: seen.append(1))
             assert (fused(x) - ref).abs().max().item() <= 1e-4 and seen, f"hook on {type(target).__name__} not called"
