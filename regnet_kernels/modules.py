@@ -60,14 +60,7 @@ TRACE_ERROR = (
 )
 
 
-_BUFFER_SETS = [0]  # buffers of fused modules replaced by other tensors so far
-
-
-def _buffers_generation() -> int:
-    """Changes whenever a fused module's buffer is replaced by another tensor (register_buffer of
-    an existing name, assignment, load_state_dict(assign=True)); in-place updates change the
-    tensors' versions instead. New modules' buffers leave it alone (no replay holds them)."""
-    return _BUFFER_SETS[0]
+_REPLACED = [0]  # children or buffers of fused modules replaced or removed so far (any model)
 
 
 class _Cached(nn.Module):
@@ -75,29 +68,82 @@ class _Cached(nn.Module):
     own tensors and its children's. A deepcopy would share those closures, and so run the
     original's weights, whatever the copy's are; pickle cannot hold them. A copy or a pickle
     therefore starts without them (the timed choices, plain indices, are kept) and binds its own
-    calls on its first calls. `_caches`: attribute -> factory of its empty value, per class."""
+    calls on its first calls. `_caches`: attribute -> factory of its empty value, per class.
+
+    For the same reason, replacing or removing a child or a buffer (`block.a = conv`,
+    `conv.weight = t`, `del stage[1]`, load_state_dict(assign=True)) counts in _REPLACED: the
+    modules that hold plans (FusedRegNet, blocks) then drop their caches before their next call
+    (`_drop_caches_if_replaced`). In-place updates of tensors need no such step: bound calls read
+    the buffers (or watch their versions, replay.py). Adding new children does not count (another
+    model's construction must not reset this one)."""
 
     _caches: Dict[str, Callable[[], object]] = {}
 
     def register_buffer(self, name, tensor, persistent=True):
-        # Also how nn.Module assigns a buffer (`conv.weight = t`, load_state_dict(assign=True)):
-        # replayed calls hold the old tensor (FusedRegNet._replayed).
+        # Also how nn.Module assigns a buffer (`conv.weight = t`, load_state_dict(assign=True)).
         if name in self.__dict__.get("_buffers", ()):
-            _BUFFER_SETS[0] += 1
+            _REPLACED[0] += 1
         super().register_buffer(name, tensor, persistent)
 
+    def add_module(self, name, module):  # (register_module calls it)
+        if name in self.__dict__.get("_modules", ()):
+            _REPLACED[0] += 1
+        super().add_module(name, module)
+
+    def __setattr__(self, name, value):
+        if name in self.__dict__.get("_modules", ()):
+            _REPLACED[0] += 1
+        super().__setattr__(name, value)
+
+    def __delattr__(self, name):
+        if name in self.__dict__.get("_modules", ()) or name in self.__dict__.get("_buffers", ()):
+            _REPLACED[0] += 1
+        super().__delattr__(name)
+
     def __getstate__(self):
-        state = super().__getstate__()
-        for name in [name for name in state if name.startswith("last_")]:  # _stash's entries
-            del state[name]
-        for name, value in list(state.items()):
-            if isinstance(value, _ResolvedOps):
-                state[name] = _ResolvedOps()
-        for cls in type(self).__mro__:
-            for name, empty in vars(cls).get("_caches", {}).items():
-                if name in state:
-                    state[name] = empty()
-        return state
+        return _without_caches(type(self), super().__getstate__())
+
+    def _drop_caches_if_replaced(self) -> None:
+        """If a fused module's child or buffer was replaced since this module's last call: drop
+        the caches of this module and every fused module below it (they bind again, keeping their
+        timed choices)."""
+        if self.__dict__.get("_replaced_seen") != _REPLACED[0]:
+            for module in self.modules():
+                if isinstance(module, _Cached):
+                    _without_caches(type(module), module.__dict__)
+                    module.__dict__["_replaced_seen"] = _REPLACED[0]
+
+
+def _without_caches(cls, state: dict) -> dict:
+    """`state` (a module's __dict__ or a copy of it) without its stashes and caches, in place."""
+    for name in [name for name in state if name.startswith("last_")]:  # _stash's entries
+        del state[name]
+    for name, value in list(state.items()):
+        if isinstance(value, _ResolvedOps):
+            state[name] = _ResolvedOps()
+    for klass in cls.__mro__:
+        for name, empty in vars(klass).get("_caches", {}).items():
+            if name in state:
+                state[name] = empty()
+    return state
+
+
+class _FusedStage(_Cached, nn.Sequential):
+    """A FusedRegNet stage: nn.Sequential whose changes after construction (a block appended,
+    inserted, replaced or removed) count as replacements (_Cached)."""
+
+    def __init__(self, *blocks):
+        super().__init__(*blocks)
+        self.__dict__["_built"] = True
+
+    def add_module(self, name, module):
+        if self.__dict__.get("_built"):
+            _REPLACED[0] += 1
+        super().add_module(name, module)
+
+    def insert(self, index, module):
+        _REPLACED[0] += 1
+        return super().insert(index, module)
 
 
 class _InferenceModule(_Cached):
@@ -167,6 +213,7 @@ class _Planned(_InferenceModule):
         self._check_eval()
         if torch.compiler.is_compiling():
             return self._run_ops(x)
+        self._drop_caches_if_replaced()
         key = signature(x)
         plan = self.plans.get(key)
         if plan is not None and not _global_hooks():
@@ -773,7 +820,7 @@ class FusedRegNet(_InferenceModule):
                     # input (the previous stage's output) is left alone.
                     fused.input_is_scratch = i > 0
                     blocks.append(fused)
-                self.add_module(name, nn.Sequential(*blocks))
+                self.add_module(name, _FusedStage(*blocks))
                 self.stage_names.append(name)
         self.head = FusedHead(model.head, dtype, backend)
         self._flat = {}  # input signature -> (the stem's and blocks' settled calls, the modules they skip)
@@ -801,6 +848,7 @@ class FusedRegNet(_InferenceModule):
         x = x.to(dtype=self.dtype, memory_format=self.memory_format)
         if torch.compiler.is_compiling():
             return self._modules_features(x)
+        self._drop_caches_if_replaced()
         key = signature(x)
         flat = self._flat.get(key)
         if flat is not None and not _hooked_or_training(flat.skipped):
@@ -808,7 +856,7 @@ class FusedRegNet(_InferenceModule):
         y = self._modules_features(x)
         calls = self._last_calls()
         if calls is not None and not _hooked_or_training(calls[1]):
-            self._flat[key] = _Flat(*calls)
+            self._flat[key] = _Flat(*calls, head=tuple(self.head.modules()))
         return y
 
     def _modules_features(self, x: Tensor) -> Tensor:
@@ -833,11 +881,11 @@ class FusedRegNet(_InferenceModule):
         if torch.compiler.is_compiling() or not x.is_cpu:
             return self.head(self.forward_features(x))
         self._check_input(x)
-        head = (self.head,) if self.head.fc is None else (self.head, self.head.fc)
         with pooled_cpu_memory():
             x = x.to(dtype=self.dtype, memory_format=self.memory_format)
+            self._drop_caches_if_replaced()
             flat = self._flat.get(signature(x))
-            if flat is not None and not _hooked_or_training(flat.skipped + head):
+            if flat is not None and not _hooked_or_training(flat.skipped_with_head):
                 return self._replayed(flat, "whole", x, lambda t: self.head(flat.run(t)),
                                       settled=lambda: _stashed(self.head, "last_settled"))
         return self.head(self.forward_features(x))  # settling: the head's small tensors are not pooled
@@ -847,10 +895,10 @@ class FusedRegNet(_InferenceModule):
         """run(x) (a settled signature's calls), from a C++ replay of them once recorded
         (replay.py: ~0.4 ms of a ~5.3 ms regnetx_004 batch-1 forward is Python between the ops on
         an AMD EPYC, bench/NOTES.md Step 16). The first call records; a recording whose weights
-        changed (in place: CallList.run returns None; replaced: _buffers_generation()) is dropped,
-        the next call runs the Python calls (which repack the weights) and the one after records
-        again. `settled()` after the recorded call: whether every choice in it was settled (else
-        it is recorded again on the next call)."""
+        changed in place (CallList.run returns None) is dropped, the next call runs the Python
+        calls (which repack the weights) and the one after records again (replaced weights or
+        modules drop the whole _Flat: _drop_caches_if_replaced). `settled()`, before and after
+        the recorded call: whether every choice in it was settled (else no recording yet)."""
         held = flat.replays.get(part)
         if held is None:
             if not settled():  # on the last call: not yet worth recording
@@ -858,23 +906,19 @@ class FusedRegNet(_InferenceModule):
             if not replay.available():
                 flat.replays[part] = _NOT_REPLAYED
                 return run(x)
-            generation = _buffers_generation()
             y, plan = replay.record(run, x, self.buffers())
-            if not settled():
-                return y
-            flat.replays[part] = (plan, generation) if plan is not None else _NOT_REPLAYED
+            if settled():
+                flat.replays[part] = plan if plan is not None else _NOT_REPLAYED
             return y
         if held is _NOT_REPLAYED:
             return run(x)
         if held is _REPLAY_STALE:
             del flat.replays[part]
             return run(x)
-        plan, generation = held
-        if generation == _buffers_generation():
-            y = plan.run(x)
-            if y is not None:
-                return y
-        flat.replays[part] = _REPLAY_STALE
+        y = held.run(x)
+        if y is not None:
+            return y
+        flat.replays[part] = _REPLAY_STALE  # a watched tensor changed in place
         return run(x)
 
 
@@ -884,14 +928,15 @@ _REPLAY_STALE = "stale"  # its weights changed: one call through Python, then re
 
 class _Flat:
     """FusedRegNet's settled calls of one input signature: the stem's conv and each block's plan,
-    the modules they skip (whose hooks and train mode send a forward through the modules), and
-    their replays from C++ ("features": stem and stages; "whole": and the head)."""
+    the modules they skip (whose hooks and train mode send a forward through the modules; for the
+    whole forward's replay also the head's modules), and their replays from C++ ("features": stem
+    and stages; "whole": and the head)."""
 
-    __slots__ = ("calls", "skipped", "replays")
+    __slots__ = ("calls", "skipped", "skipped_with_head", "replays")
 
-    def __init__(self, calls, skipped):
-        self.calls, self.skipped = calls, skipped
-        self.replays = {}  # part -> (CallList, _buffers_generation() when recorded), or a marker above
+    def __init__(self, calls, skipped, head):
+        self.calls, self.skipped, self.skipped_with_head = calls, skipped, skipped + head
+        self.replays = {}  # part -> CallList, or a marker above
 
     def run(self, x: Tensor) -> Tensor:
         for call in self.calls:

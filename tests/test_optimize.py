@@ -423,6 +423,54 @@ def test_copies_and_pickles_of_a_settled_model_run_their_own_weights(name):
         assert (unpickled(x) - ref_a).abs().max().item() <= 1e-4
 
 
+@pytest.mark.parametrize("change", ("block", "conv", "deleted block", "head"))
+def test_settled_models_follow_replaced_children(change):
+    """Plans, flat lists and replays are bound to the modules of their time: replacing a block, a
+    conv inside a block or the head of a settled model, or deleting a block, must be followed on
+    the next call (a replaced block or conv silently ran the old one before)."""
+    model_a = _randomize_bn(regnet.create_model("regnetx_002"), seed=0)
+    model_b = _randomize_bn(regnet.create_model("regnetx_002"), seed=1)
+    fused, ref = rk.optimize(model_a), copy.deepcopy(model_a)
+    src = list(model_b.s3.children())[1]
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        for _ in range(SETTLE_CALLS + 3):
+            fused(x)
+        if change == "block":
+            fused.s3[1] = FusedXBlock(src, torch.float32).eval()
+            ref.s3.b2 = copy.deepcopy(src)
+        elif change == "conv":
+            fused.s3[1].a = FusedConv(src.f.a, src.f.a_bn, torch.float32)
+            target = list(ref.s3.children())[1].f
+            target.a, target.a_bn = copy.deepcopy(src.f.a), copy.deepcopy(src.f.a_bn)
+        elif change == "deleted block":
+            last = len(fused.s4) - 1
+            del fused.s4[last]
+            delattr(ref.s4, list(dict(ref.s4.named_children()))[last])
+        else:
+            fused.head = nn.Identity()
+            ref = lambda t: model_a.forward_features(t)  # noqa: E731
+        for _ in range(3):
+            x = torch.randn(1, 3, 64, 64)
+            expected = ref(x)  # (logits, or features up to ~10 for the head: the tolerance scales)
+            tol = 1e-4 * max(1.0, expected.abs().max().item())
+            assert (fused(x) - expected).abs().max().item() <= tol, f"the settled model ran the old {change}"
+
+
+def test_a_settled_block_follows_a_replaced_conv():
+    src_a = list(_randomize_bn(regnet.create_model("regnety_002"), seed=0).s3.children())[1]
+    src_b = list(_randomize_bn(regnet.create_model("regnety_002"), seed=1).s3.children())[1]
+    block, ref = FusedYBlock(src_a, torch.float32).eval(), copy.deepcopy(src_a)
+    x = torch.randn(1, src_a.f.a.in_channels, 8, 8).to(memory_format=torch.channels_last)
+    with torch.no_grad():
+        for _ in range(SETTLE_CALLS + 3):
+            block(x)
+        block.c = FusedConv(src_b.f.c, src_b.f.c_bn, torch.float32)
+        ref.f.c, ref.f.c_bn = copy.deepcopy(src_b.f.c), copy.deepcopy(src_b.f.c_bn)
+        for _ in range(3):
+            assert (block(x) - ref(x)).abs().max().item() <= 1e-4, "the settled block ran the old conv"
+
+
 def test_blocks_reuse_only_buffers_they_own():
     """K4 may write into the shortcut's buffer: a standalone block must leave its input alone
     (identity shortcut), and a FusedRegNet must leave the caller's input and stage outputs alone."""
