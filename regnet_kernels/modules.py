@@ -794,8 +794,10 @@ class FusedRegNet(_InferenceModule):
     the skipped modules (stem, its conv, stages, blocks) has a forward hook or is in train mode,
     or a global hook is registered: those forwards go through the modules. The call after that
     records the list's op calls (and, for forward(), the head's, once its FC is settled) and
-    replays them from C++ on later calls (replay.py; ~0.4 ms of a ~5.3 ms regnetx_004 batch-1
-    forward, bench/NOTES.md Step 16); hooks on the head or its FC and train mode bypass that too.
+    replays them from C++ on later calls (replay.py; 0.1-0.4 ms of a ~5-7 ms regnetx_004 batch-1
+    forward, bench/NOTES.md Step 16); hooks on the head's modules and train mode bypass that too.
+    Replacing or deleting a block, a conv, the head or a buffer makes the model bind again on its
+    next call (_Cached).
     """
 
     _caches = {"_flat": dict}
@@ -893,8 +895,8 @@ class FusedRegNet(_InferenceModule):
     def _replayed(self, flat: "_Flat", part: str, x: Tensor, run: Callable[[Tensor], Tensor],
                   settled: Callable[[], bool] = lambda: True) -> Tensor:
         """run(x) (a settled signature's calls), from a C++ replay of them once recorded
-        (replay.py: ~0.4 ms of a ~5.3 ms regnetx_004 batch-1 forward is Python between the ops on
-        an AMD EPYC, bench/NOTES.md Step 16). The first call records; a recording whose weights
+        (replay.py: 0.1-0.4 ms of a ~5-7 ms regnetx_004 batch-1 forward is Python between the ops
+        on an AMD EPYC, bench/NOTES.md Step 16). The first call records; a recording whose weights
         changed in place (CallList.run returns None) is dropped, the next call runs the Python
         calls (which repack the weights) and the one after records again (replaced weights or
         modules drop the whole _Flat: _drop_caches_if_replaced). `settled()`, before and after
