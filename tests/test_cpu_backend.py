@@ -627,34 +627,38 @@ def test_gated_conv1x1_onednn_route(n, c_in, c_out, hw, onednn_route):
                             f"gated {n}x{c_in}->{c_out} {hw}x{hw} ({'oneDNN' if takes_onednn else 'ours'})")
 
 
+@pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16), ids=("fp32", "bf16"))
 @pytest.mark.parametrize("relu", (True, False))
 @pytest.mark.parametrize("case", pointwise_cases()[:2] + grouped_cases(seed=7, per_width=1)[:2], ids=str)
-def test_conv_into_residual(case, relu, onednn_route):
+def test_conv_into_residual(case, relu, dtype, onednn_route):
     """The fused blocks' K4 routes when they own the shortcut: oneDNN into the shortcut's buffer
     and our kernel into a new tensor (timed by the fused conv), both right, each bound once and
-    serving the signature's next calls; none (the caller then runs the op as usual) for bf16 and
-    for strided residuals."""
-    x, w, b = conv_inputs(case, torch.float32)
+    serving the signature's next calls; none (the caller then runs the op as usual) for strided
+    residuals and where oneDNN has no native bf16."""
+    x, w, b = conv_inputs(case, dtype)
     padding = (case.k - 1) // 2
-    routes = cpu_backend.conv_into_residual(x, w, b, case.stride, padding, case.groups,
-                                            random_tensor((case.n, case.c_out) + out_hw(case), torch.float32, True,
-                                                          False, GEN), relu)
+
+    def residual(noncontig=False):
+        return random_tensor((case.n, case.c_out) + out_hw(case), dtype, True, noncontig, GEN)
+    routes = cpu_backend.conv_into_residual(x, w, b, case.stride, padding, case.groups, residual(), relu)
+    if dtype not in cpu_backend.ONEDNN_DTYPES:
+        assert routes == []
+        pytest.skip("oneDNN has no native bf16 on this CPU: no in-place route")
     assert len(routes) == 2
     for route, (run, in_place) in enumerate(zip(routes, (True, False))):
         for call in range(2):
             xi = x if call == 0 else torch.randn_like(x)
-            res = random_tensor((case.n, case.c_out) + out_hw(case), torch.float32, True, False, GEN)
+            res = residual()
             ref = rk.conv_bn_act(to64(xi), to64(w), to64(b), stride=case.stride, groups=case.groups,
                                  residual=to64(res), relu=relu, backend="eager")
+            eager_same = rk.conv_bn_act(xi, w, b, stride=case.stride, groups=case.groups, residual=res, relu=relu,
+                                        backend="eager") if dtype != torch.float32 else None
             res_ptr = res.data_ptr()
             y = run(xi, w, b, res)
             assert (y.data_ptr() == res_ptr) == in_place, f"route {route}: output buffer"
-            assert_accurate(y, ref, what=f"{case} into residual, route {route}, call {call}")
-    res = random_tensor((case.n, case.c_out) + out_hw(case), torch.float32, True, False, GEN)
-    strided = random_tensor(tuple(res.shape), torch.float32, True, True, GEN)
-    assert cpu_backend.conv_into_residual(x, w, b, case.stride, padding, case.groups, strided, relu) == []
-    assert cpu_backend.conv_into_residual(x.bfloat16(), w.bfloat16(), b.bfloat16(), case.stride, padding,
-                                          case.groups, res.bfloat16(), relu) == []
+            assert_accurate(y, ref, eager_same, what=f"{case} {dtype} into residual, route {route}, call {call}")
+    assert cpu_backend.conv_into_residual(x, w, b, case.stride, padding, case.groups, residual(noncontig=True),
+                                          relu) == []
 
 
 @pytest.mark.parametrize("faster", (0, 1), ids=("onednn_faster", "native_faster"))

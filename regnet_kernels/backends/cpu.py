@@ -196,12 +196,13 @@ def _bind_onednn_conv(x, stride, padding, groups, residual, relu, into_residual=
         op = torch.ops.mkldnn._convolution_pointwise.default
         unary = post or "none"
         return lambda x, w, b, r: op(x, _DERIVED.get(w, key, reorder), b, *geometry, unary, [None], "")
-    if into_residual:  # fp32 (conv_into_residual): the in-place sum post-op writes into residual
+    if into_residual:  # (conv_into_residual): the in-place sum post-op writes into residual
         op_ = torch.ops.mkldnn._convolution_pointwise_.binary
         return lambda x, w, b, r: op_(r, x, _DERIVED.get(w, key, reorder), b, *geometry, "add", 1.0, post, [], "")
-    if x.dtype == torch.bfloat16:
-        # torch's bf16 binary post-op path asserts (add_relu has no bf16 kernel): add and ReLU in
-        # place on the fresh output instead, two passes at 2 bytes per element.
+    if x.dtype == torch.bfloat16 and groups != 1:
+        # For grouped convs torch's binary post-op falls back to ATen's add_relu, which asserts on
+        # bf16: add and ReLU in place on the fresh output instead, two passes at 2 bytes per element.
+        # (groups 1 takes the post-op below, and the in-place sum takes bf16 at any groups.)
         op = torch.ops.mkldnn._convolution_pointwise.default
 
         def run_bf16(x, w, b, r):
@@ -274,9 +275,9 @@ def conv_into_residual(x, weight, bias, stride, padding, groups, residual, relu)
     sum post-op, writing into `residual` (it saves the output allocation: 7-17% per call at batch
     16, 7-9% at batch 1, NOTES.md), and our kernel into a new tensor, to be timed: oneDNN spends
     ~30 us per call before it computes, which is a third of a stage-4 1x1 conv at batch 1
-    (NOTES.md, Step 11). Empty where the in-place route does not apply (fp32 only: torch's bf16
-    path differs); the caller then runs the op as usual."""
-    if x.dtype != torch.float32 or not _use_onednn(x, weight, groups, residual):
+    (NOTES.md, Step 11). Empty where oneDNN does not serve (_use_onednn: fp32, and bf16 where
+    oneDNN has it; dense channels-last); the caller then runs the op as usual."""
+    if not _use_onednn(x, weight, groups, residual):
         return []
     args = (x, weight, bias, stride, padding, groups, residual, relu, False)
     return [bind_onednn_into_residual(*args), bind_native(*args)]
