@@ -591,6 +591,26 @@ ISA_SCRIPT = textwrap.dedent("""
         ry, rs = rk.conv_bn_act(x.double(), w.double(), b.double(), stride=case.stride, groups=case.groups,
                                 channel_sums=True, backend="eager")
         assert_accurate(y, ry, what=str(case)); assert_accurate(s, rs, what=str(case))
+    # bf16/fp16 outputs: whole vectors and tails of the rounding stores
+    for dtype in (torch.bfloat16, torch.float16):
+        for case in pointwise_cases()[:2] + grouped_cases(seed=7, per_width=1)[:2] + stem_cases()[:1]:
+            x = random_tensor((case.n, case.c_in, case.h, case.w), dtype)
+            w = (torch.randn(case.c_out, case.c_in // case.groups, case.k, case.k) / 8).to(dtype)
+            b = torch.randn(case.c_out).to(dtype)
+            r = random_tensor((case.n, case.c_out, (case.h - 1) // case.stride + 1, (case.w - 1) // case.stride + 1),
+                              dtype)
+            kw = dict(stride=case.stride, groups=case.groups, residual=r, relu=True)
+            with poison_outputs():
+                y = rk.conv_bn_act(x, w, b, backend="cpu", **kw)
+            ref = rk.conv_bn_act(x.double(), w.double(), b.double(), **dict(kw, residual=r.double()), backend="eager")
+            assert_accurate(y, ref, rk.conv_bn_act(x, w, b, backend="eager", **kw), what=f"{case} {dtype}")
+        x = random_tensor((2, 104, 7, 7), dtype)
+        p = (torch.randn(26, 104) / 10, torch.randn(26), torch.randn(104, 26) / 5, torch.randn(104))
+        with poison_outputs():
+            y = rk.se_gate(x, *p, residual=x, relu=True, backend="cpu")
+        assert_accurate(y, rk.se_gate(x.double(), *[t.double() for t in p], residual=x.double(), relu=True,
+                                      backend="eager"), rk.se_gate(x, *p, residual=x, relu=True, backend="eager"),
+                        what=f"se {dtype}")
     x = random_tensor((2, 104, 7, 7))
     p = (torch.randn(26, 104) / 10, torch.randn(26), torch.randn(104, 26) / 5, torch.randn(104))
     with poison_outputs():

@@ -23,13 +23,17 @@ inline Vectorized<float> load_as_float(const T* p) {
   }
 }
 
-// Store Vectorized<float>::size() fp32 lanes to p, rounding to T.
+// Store Vectorized<float>::size() fp32 lanes to p, rounding to T. Not at::vec::convert(src, dst,
+// n): its vector loop takes Vectorized<T>::size() (twice the fp32 lanes) elements a step, so for
+// one fp32 vector it ran its scalar tail, lane by lane (bf16 1x1 convs at 2x fp32's time).
+// Rounding both halves of a T vector from v and storing the first half is ATen's own idiom for
+// one vector (vec256_convert.h).
 template <typename T>
 inline void store_from_float(T* p, const Vectorized<float>& v) {
   if constexpr (std::is_same_v<T, float>) {
     v.store(p);
   } else {
-    at::vec::convert<float, T>(reinterpret_cast<const float*>(&v), p, kFloatLanes);
+    at::vec::convert_from_float<T>(v, v).store(p, kFloatLanes);
   }
 }
 
