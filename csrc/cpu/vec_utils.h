@@ -55,10 +55,8 @@ template <typename T>
 inline void store_from_float(T* p, const Vectorized<float>& v, int64_t count) {
   if constexpr (std::is_same_v<T, float>) {
     v.store(p, count);
-  } else {
-    __at_align__ float buf[kFloatLanes];
-    v.store(buf);
-    for (int64_t i = 0; i < count; ++i) p[i] = static_cast<T>(buf[i]);
+  } else {  // (Vectorized<T>::store with a count: a masked store, or a bounded memcpy)
+    at::vec::convert_from_float<T>(v, v).store(p, static_cast<int>(count));
   }
 }
 
