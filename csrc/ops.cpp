@@ -26,9 +26,10 @@ TORCH_LIBRARY(regnet_kernels, m) {
         "int groups, bool relu) -> Tensor");
   m.def("conv1x1_conv_bn_act_sums(Tensor x, Tensor w1, Tensor? b1, Tensor w2, Tensor? b2, int stride, "
         "int padding, int groups, bool relu) -> (Tensor, Tensor)");
-  // A whole X block: relu(conv1x1(K2(K1(x)), w3) + b3 + residual); see regnet_kernels/ops/x_block.py.
+  // A whole X block: relu(conv1x1(K2(K1(x)), w3) + b3 + shortcut), the shortcut `residual` or the
+  // projection conv1x1(x, wp, stride) + bp (exactly one given); see regnet_kernels/ops/x_block.py.
   m.def("x_block(Tensor x, Tensor w1, Tensor? b1, Tensor w2, Tensor? b2, int stride, int padding, int groups, "
-        "Tensor w3, Tensor? b3, Tensor residual) -> Tensor");
+        "Tensor w3, Tensor? b3, Tensor? residual, Tensor? wp=None, Tensor? bp=None) -> Tensor");
   // Squeeze-excitation gate x * sigmoid(W2 relu(W1 mean(x) + b1) + b2) [+ residual] [+ ReLU];
   // `sums` (fp32 [N, C]) replaces the mean's pass over x when given.
   m.def("se_gate(Tensor x, Tensor w1, Tensor b1, Tensor w2, Tensor b2, Tensor? residual, bool relu, "

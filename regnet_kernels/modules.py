@@ -8,8 +8,8 @@ Schedule (../shared/DESIGN.md section 1), each line one op of regnet_kernels:
 The projection shortcut (1x1 stride s) is one more conv_bn_act whose output K4 adds. Where the
 backend has it (cpu), K1 and K2 may run as one op, conv1x1_conv_bn_act, which computes K1's
 rows where K2 reads them and never stores K1's output; blocks time it against the two ops. An X
-block may also run whole as one op, x_block (K2's output is not stored either), timed against
-its ops once those have settled.
+block may also run whole as one op, x_block (K2's output is not stored either, and a projection
+shortcut is computed inside it), timed against its ops once those have settled.
 
 On the cpu backend with fp32/bf16 channels-last activations each conv runs oneDNN (prepacked
 weights, fused bias/ReLU/residual; K2's sums then a separate channel_sums pass) or our kernel,
@@ -387,7 +387,7 @@ class FusedXBlock(_Planned):
         # module calls the ops cost ~20-35 us more Python at batch 1 than in a plan, which made
         # x_block win where its plan is 1.2x faster (regnetx_004 stage 4, bench/NOTES.md Step 15).
         self.front_timed = {}  # -> K1 then K2 as two bound calls
-        self.ops_timed = {}  # -> (the block's ops as a plan, the bound shortcut)
+        self.ops_timed = {}  # -> the block's ops as a plan
 
     def _apply(self, fn, recurse=True):
         self.front_timed.clear()
@@ -473,11 +473,10 @@ class FusedXBlock(_Planned):
             if not whole:
                 _stash(self, "last_whole", "ops" if plan is not None else None)
             elif plan is not None:  # time the block whole against its ops once their own choices are made
-                self.ops_timed[key] = (plan, self._bound_shortcut_front()[0])
+                self.ops_timed[key] = plan
                 trials.begin(key, 2)
             return y
-        ops, shortcut = self.ops_timed.get(key, (self._ops, self.shortcut))
-        options = (ops, lambda t: whole[0](t, shortcut(t)))
+        options = (self.ops_timed.get(key, self._ops), whole[0])
         y, settled = trials.run(key, options, x)
         if settled is not None:  # a plan(x) either way
             _stash(self, "last_whole", settled)
@@ -487,24 +486,28 @@ class FusedXBlock(_Planned):
         return self._schedule(x, self.shortcut, self.front, self.k4)
 
     def _bind_whole(self, x: Tensor):
-        """[run(x, shortcut)]: x_block of this block bound for this signature, weights read from the
-        convs on every call; [] where the chosen backend has no bound form of it."""
-        a, b, c = self.a, self.b, self.c
-        residual = x
-        if self.proj is not None:  # a stand-in of the projection's output (its layout is x's)
-            _, shape = check_conv(x, self.proj.weight, None, self.proj.stride, None, 1, None)
-            residual = empty_like_layout(x, shape)
+        """[run(x)]: x_block of this block bound for this signature, weights read from the convs on
+        every call, the projection (if any) computed inside it; [] where the chosen backend has no
+        bound form of it."""
+        a, b, c, proj = self.a, self.b, self.c, self.proj
+        wp, bp = (proj.weight, proj.bias) if proj is not None else (None, None)
+        residual = x if proj is None else None
         try:
             padding, name, _ = x_block_op.resolve(x, a.weight, a.bias, b.weight, b.bias, c.weight, c.bias, residual,
-                                                  b.stride, None, b.groups, self.backend)
+                                                  b.stride, None, b.groups, self.backend, wp, bp)
         except dispatch.BackendUnavailable:  # a forced backend without the op
             return []
         bind = dispatch.extra(x_block_op.OP, name, "bind")
         if bind is None:
             return []
-        run = bind(x, a.weight, a.bias, b.weight, b.bias, c.weight, c.bias, residual, b.stride, padding, b.groups)
+        run = bind(x, a.weight, a.bias, b.weight, b.bias, c.weight, c.bias, residual, b.stride, padding, b.groups,
+                   wp, bp)
         ab, bb, cb = a._buffers, b._buffers, c._buffers
-        return [lambda x, r: run(x, ab["weight"], ab["bias"], bb["weight"], bb["bias"], cb["weight"], cb["bias"], r)]
+        if proj is None:
+            return [lambda x: run(x, ab["weight"], ab["bias"], bb["weight"], bb["bias"], cb["weight"], cb["bias"], x)]
+        pb = proj._buffers
+        return [lambda x: run(x, ab["weight"], ab["bias"], bb["weight"], bb["bias"], cb["weight"], cb["bias"], None,
+                              pb["weight"], pb["bias"])]
 
     def _bound_shortcut_front(self):
         """(shortcut, front): the settled calls of this thread's last call, as run(x), or None if

@@ -297,14 +297,19 @@ def test_conv1x1_conv_pair_chunks_split_between_threads(threads, case):
         torch.set_num_threads(before)
 
 
-def x_block_inputs(case, dtype, channels_last=True, noncontig=False, c_out=None):
-    """pair_inputs plus K4 (a 1x1 to c_out channels, default C_mid) and the residual."""
+def x_block_inputs(case, dtype, channels_last=True, noncontig=False, c_out=None, proj=False, proj_bias=True):
+    """pair_inputs plus K4 (a 1x1 to c_out channels, default C_mid) and the shortcut: the
+    residual, or with `proj` the projection's weight (and bias) as keyword arguments."""
     (x, w1, b1, w2, b2), kw = pair_inputs(case, dtype, channels_last, noncontig)
-    n, _, c_mid, h, w, k, stride, _ = case
+    n, c_in, c_mid, h, w, k, stride, _ = case
     c_out = c_out or c_mid
     pad = (k - 1) // 2
     out = (n, c_out, (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1)
     w3 = randn(c_out, c_mid, 1, 1, dtype=dtype) * c_mid ** -0.5
+    if proj:
+        kw.update(proj_weight=randn(c_out, c_in, 1, 1, dtype=dtype) * c_in ** -0.5,
+                  proj_bias=randn(c_out, dtype=dtype) if proj_bias else None)
+        return (x, w1, b1, w2, b2, w3, randn(c_out, dtype=dtype)), kw
     residual = random_tensor(out, dtype, channels_last, noncontig, GEN)
     return (x, w1, b1, w2, b2, w3, randn(c_out, dtype=dtype), residual), kw
 
@@ -319,15 +324,29 @@ def test_x_block(case, layout, dtype):
     check_against_reference(rk.x_block, args, kw, dtype, f"{case} {dtype}")
 
 
+@pytest.mark.parametrize("layout,dtype", PAIR_VARIANTS, ids=("fp32", "fp32_strided", "bf16", "fp16"))
+@pytest.mark.parametrize("case", PAIR_CASES, ids=str)
+def test_x_block_with_projection(case, layout, dtype):
+    """x_block computing its projection shortcut (a 1x1 of x at the middle conv's stride) row by
+    row inside the op, vs float64: output widths other than the input's, stride 1 and 2, odd maps,
+    strided x (the projection then reads x's pixels at their own stride), a projection without
+    bias on every third case."""
+    i = PAIR_CASES.index(case)
+    args, kw = x_block_inputs(case, dtype, *layout, c_out=case[2] + 8 * (i % 2), proj=True, proj_bias=i % 3 != 2)
+    check_against_reference(rk.x_block, args, kw, dtype, f"{case} {dtype} with projection")
+
+
 @pytest.mark.parametrize("threads", (3, 4))
 def test_x_block_rows_split_between_threads(threads):
-    """Rows are x_block's only work items: maps of a few rows on more threads than rows fit evenly."""
+    """Rows are x_block's only work items: maps of a few rows on more threads than rows fit evenly
+    (each thread with its own projection rows)."""
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         for case in ((1, 32, 96, 5, 5, 3, 1, 48), (2, 24, 64, 7, 3, 3, 2, 16)):
-            args, kw = x_block_inputs(case, torch.float32)
-            check_against_reference(rk.x_block, args, kw, torch.float32, f"{case} on {threads} threads")
+            for proj in (False, True):
+                args, kw = x_block_inputs(case, torch.float32, proj=proj)
+                check_against_reference(rk.x_block, args, kw, torch.float32, f"{case} on {threads} threads")
     finally:
         torch.set_num_threads(before)
 
@@ -544,6 +563,20 @@ BAD_RAW_CALLS = {
                                                  1, 1, 2, randn(8, 8, 1, 1), None, randn(1, 8, 5, 5)),
     "x_block b3 shape": lambda: OPS.x_block(_cl(1, 8, 5, 5), randn(8, 8, 1, 1), None, randn(8, 4, 3, 3), None, 1, 1,
                                             2, randn(8, 8, 1, 1), randn(7), _cl(1, 8, 5, 5)),
+    "x_block two shortcuts": lambda: OPS.x_block(_cl(1, 8, 5, 5), randn(8, 8, 1, 1), None, randn(8, 4, 3, 3), None, 1,
+                                                 1, 2, randn(8, 8, 1, 1), None, _cl(1, 8, 5, 5), randn(8, 8, 1, 1)),
+    "x_block no shortcut": lambda: OPS.x_block(_cl(1, 8, 5, 5), randn(8, 8, 1, 1), None, randn(8, 4, 3, 3), None, 1,
+                                               1, 2, randn(8, 8, 1, 1), None, None),
+    "x_block bp without wp": lambda: OPS.x_block(_cl(1, 8, 5, 5), randn(8, 8, 1, 1), None, randn(8, 4, 3, 3), None,
+                                                 1, 1, 2, randn(8, 8, 1, 1), None, _cl(1, 8, 5, 5), None, randn(8)),
+    "x_block wp 3x3": lambda: OPS.x_block(_cl(1, 8, 5, 5), randn(8, 8, 1, 1), None, randn(8, 4, 3, 3), None, 2, 1, 2,
+                                          randn(16, 8, 1, 1), None, None, randn(16, 8, 3, 3)),
+    "x_block wp outputs": lambda: OPS.x_block(_cl(1, 8, 5, 5), randn(8, 8, 1, 1), None, randn(8, 4, 3, 3), None, 2, 1,
+                                              2, randn(16, 8, 1, 1), None, None, randn(12, 8, 1, 1)),
+    "x_block wp inputs": lambda: OPS.x_block(_cl(1, 8, 5, 5), randn(8, 8, 1, 1), None, randn(8, 4, 3, 3), None, 2, 1,
+                                             2, randn(16, 8, 1, 1), None, None, randn(16, 6, 1, 1)),
+    "x_block bp shape": lambda: OPS.x_block(_cl(1, 8, 5, 5), randn(8, 8, 1, 1), None, randn(8, 4, 3, 3), None, 2, 1,
+                                            2, randn(16, 8, 1, 1), None, None, randn(16, 8, 1, 1), randn(15)),
     "gated gate shape": lambda: OPS.gated_conv1x1(_cl(1, 8, 4, 4), randn(1, 7), randn(4, 8), None, None, True),
     "gated weight shape": lambda: OPS.gated_conv1x1(_cl(1, 8, 4, 4), randn(1, 8), randn(4, 7), None, None, True),
 }
@@ -572,6 +605,8 @@ def test_opcheck():
     }
     for name, args in samples.items():
         torch.library.opcheck(getattr(OPS, name), args)
+    # x_block with its projection shortcut (stride 2: 5x6 -> 3x3)
+    torch.library.opcheck(OPS.x_block, samples["x_block"][:10] + (None, randn(16, 16, 1, 1), randn(16)))
 
 
 # The AVX2 and portable kernels are separate compilations of the same source; run each on a

@@ -136,6 +136,29 @@ def test_x_block_bad_input(mutate, match):
                    groups=a["groups"])
 
 
+@pytest.mark.parametrize("mutate,match", [
+    (lambda a: {**a, "residual": random_tensor((2, 24, 4, 4))}, "residual: expected exactly one shortcut.*both"),
+    (lambda a: {**a, "proj_weight": None}, "residual: expected exactly one shortcut.*neither"),
+    (lambda a: {**a, "proj_weight": None, "residual": random_tensor((2, 24, 4, 4))}, "bp: expected None without wp"),
+    (lambda a: {**a, "proj_weight": torch.randn(24, 12, 3, 3)}, "wp: expected a 1x1 kernel"),
+    (lambda a: {**a, "proj_weight": torch.randn(20, 12, 1, 1), "proj_bias": torch.randn(20)},
+     r"wp: expected a projection to the block's output shape \[2, 24, 4, 4\]"),
+    (lambda a: {**a, "proj_weight": torch.randn(24, 16, 1, 1)}, "wp: expected shape"),
+    (lambda a: {**a, "proj_weight": torch.randn(24, 12, 1, 1, dtype=torch.float64)}, "wp: expected dtype"),
+    (lambda a: {**a, "proj_bias": torch.randn(23)}, "bp: expected shape"),
+])
+def test_x_block_projection_bad_input(mutate, match):
+    """x_block takes one shortcut: the residual, or the projection's weight (and bias) of x's
+    channels to the block's output at the middle conv's stride."""
+    a = _pair_args()
+    a.update(stride=2, w3=torch.randn(24, 16, 1, 1), b3=torch.randn(24), residual=None,
+             proj_weight=torch.randn(24, 12, 1, 1), proj_bias=torch.randn(24))
+    a = mutate(a)
+    with pytest.raises(ValueError, match=match):
+        rk.x_block(a["x"], a["w1"], a["b1"], a["w2"], a["b2"], a["w3"], a["b3"], a["residual"],
+                   proj_weight=a["proj_weight"], proj_bias=a["proj_bias"], stride=a["stride"], groups=a["groups"])
+
+
 def test_conv1x1_conv_bn_act_eager_is_the_two_convs():
     """The pair's reference is conv_bn_act's twice (K1 with ReLU), in float64."""
     a = {k: v.double() if isinstance(v, torch.Tensor) else v for k, v in _pair_args().items()}

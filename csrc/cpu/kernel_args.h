@@ -28,6 +28,10 @@ struct ConvProblem {
   // input row of post (a 1x1, stride 1, unpadded: K4), whose residual, ReLU and y are post's own.
   // Needs rows whole (all channels), so rows are the only work items.
   const struct ConvProblem* post;
+  // On post (K4) only, when set: post's residual is proj's output (a 1x1 of the block's input,
+  // stride 1 or 2, unpadded, bias, no ReLU: the projection shortcut), computed in fp32 for each
+  // output row from x's row oh * stride as K4 needs it, never stored (x_block with a projection).
+  const struct ConvProblem* proj;
   const void* x;
   int64_t n, c_in, h, w;
   int64_t x_sn, x_sh, x_sw;  // element strides; the channel stride is 1

@@ -398,8 +398,9 @@ void pre_conv_row(const ConvProblem& pre, int64_t n, int64_t ih, int64_t c_lo, i
 }
 
 // Residual, ReLU, store and channel sums for `count` channels starting at co of one pixel.
-template <typename scalar_t>
-inline void epilogue(const ConvProblem& p, Vec v, const scalar_t* res, scalar_t* y, float* row_sum, int64_t count) {
+// (res_t: scalar_t, or float for a residual computed in fp32: x_block's projection.)
+template <typename res_t, typename scalar_t>
+inline void epilogue(const ConvProblem& p, Vec v, const res_t* res, scalar_t* y, float* row_sum, int64_t count) {
   if (count == kLanes) {
     if (res) v = v + load_as_float(res);
     if (p.relu) v = at::vec::maximum(v, Vec(0.f));
@@ -449,11 +450,34 @@ inline int64_t block_channel(const ConvProblem& p, int64_t block) {
 
 // Row (n, oh) of `post`, a stride-1 unpadded 1x1 (K4) whose input row is `row` (fp32, pixel
 // stride row_ps), with its bias, residual, ReLU and store. tile: kMaxPixels x post's block width.
+// With post.proj, the residual row is the projection of x's row oh * proj.stride, computed here
+// into proj_row (fp32, [w_out][c_out]) while that row of x is still in cache from K1's read of it
+// (a separate projection read x from memory again and wrote and re-read its output:
+// bench/NOTES.md, Step 17). proj_x_row: scratch for x's row in fp32 when x is not fp32;
+// proj_tile: kMaxPixels x proj's block width.
 template <typename scalar_t>
-void post_conv_row(const ConvProblem& post, int64_t n, int64_t oh, const float* row, int64_t row_ps, float* tile) {
+void post_conv_row(const ConvProblem& post, int64_t n, int64_t oh, const float* row, int64_t row_ps, float* tile,
+                   float* proj_row, float* proj_x_row, float* proj_tile) {
+  scalar_t* y_row = static_cast<scalar_t*>(post.y) + n * post.y_sn + oh * post.y_sh;
+  if (const ConvProblem* proj = post.proj) {
+    const auto* x = static_cast<const scalar_t*>(proj->x) + n * proj->x_sn + oh * proj->stride * proj->x_sh;
+    const float* x_row = proj_x_row;
+    int64_t ps = proj->c_in;
+    if constexpr (std::is_same_v<scalar_t, float>) {
+      x_row = x, ps = proj->stride * proj->x_sw;  // every stride-th pixel, read in place
+    } else {
+      pack_pixels(*proj, x, proj->stride * proj->x_sw, nullptr, proj->w_out, proj_x_row, 0, 1);
+    }
+    conv1x1_row(*proj, x_row, ps, 0, proj->co_blocks, proj_tile, [&](int64_t ow, int64_t co, Vec v, int64_t count) {
+      store_intermediate(v, false, proj_row + ow * post.c_out + co, count);
+    });
+    conv1x1_row(post, row, row_ps, 0, post.co_blocks, tile, [&](int64_t ow, int64_t co, Vec v, int64_t count) {
+      epilogue(post, v, proj_row + ow * post.c_out + co, y_row + ow * post.y_sw + co, nullptr, count);
+    });
+    return;
+  }
   const auto* res = static_cast<const scalar_t*>(post.residual);
   const scalar_t* res_row = res ? res + n * post.r_sn + oh * post.r_sh : nullptr;
-  scalar_t* y_row = static_cast<scalar_t*>(post.y) + n * post.y_sn + oh * post.y_sh;
   conv1x1_row(post, row, row_ps, 0, post.co_blocks, tile, [&](int64_t ow, int64_t co, Vec v, int64_t count) {
     epilogue(post, v, res_row ? res_row + ow * post.r_sw + co : nullptr, y_row + ow * post.y_sw + co, nullptr, count);
   });
@@ -509,6 +533,10 @@ void conv_typed(const ConvProblem& p) {
     std::vector<float> pre_row(pre && p.pair_groups ? p.w * p.c_in : 0);  // K1's row before pairing
     std::vector<float> post_row(post ? p.w_out * p.c_out : 0);  // this conv's output row, post's input
     std::vector<float> post_tile(post ? kMaxPixels * post->nv * kLanes : 0);
+    const ConvProblem* proj = post ? post->proj : nullptr;
+    std::vector<float> proj_row(proj ? p.w_out * post->c_out : 0);
+    std::vector<float> proj_x_row(proj && !std::is_same_v<scalar_t, float> ? proj->w_out * proj->c_in : 0);
+    std::vector<float> proj_tile(proj ? kMaxPixels * proj->nv * kLanes : 0);
     const float* zero_row = direct_input ? nullptr : buf.data() + kRowSlots * row_floats;
     // (n * h + ih) * pre_chunks + chunk of the row packed in each slot (chunk: whose channels
     // K1 computed; 0 when all are there)
@@ -614,7 +642,9 @@ void conv_typed(const ConvProblem& p) {
           ow0 += np;
         }
       }
-      if (post) post_conv_row<scalar_t>(*post, n, oh, post_row.data(), p.c_out, post_tile.data());
+      if (post)
+        post_conv_row<scalar_t>(*post, n, oh, post_row.data(), p.c_out, post_tile.data(), proj_row.data(),
+                                proj_x_row.data(), proj_tile.data());
     }
   });
   if (p.sums) reduce_row_sums(p.row_sums, p.n, p.h_out, p.c_out, p.sums);

@@ -429,8 +429,8 @@ at::Tensor run_conv(const char* op, const at::Tensor& x, const at::Tensor& weigh
 // The convs of a fused op (kernel_args.h, ConvProblem::pre and ::post) and their packed weights.
 // Not copyable: k2 points at k1 (and at k4 in x_block).
 struct FusedConvs {
-  ConvProblem k1, k2, k4;
-  std::pair<at::Tensor, at::Tensor> packed1, packed2, packed4;
+  ConvProblem k1, k2, k4, kp;  // kp: x_block's projection shortcut
+  std::pair<at::Tensor, at::Tensor> packed1, packed2, packed4, packedp;
   FusedConvs() = default;
   FusedConvs(const FusedConvs&) = delete;
   FusedConvs& operator=(const FusedConvs&) = delete;
@@ -475,12 +475,19 @@ std::tuple<at::Tensor, at::Tensor> conv_bn_act_sums_cpu(const at::Tensor& x, con
   return {y, sums};
 }
 
-// A whole X block: relu(conv1x1(K2(K1(x))) + b3 + residual), K1's and K2's outputs never stored.
+// A whole X block: relu(conv1x1(K2(K1(x))) + b3 + shortcut), K1's and K2's outputs never stored.
+// The shortcut is `residual`, or with wp the projection conv1x1(x, wp, stride) + bp, computed row
+// by row inside the op (ConvProblem::proj); exactly one of the two is given.
 at::Tensor x_block_cpu(const at::Tensor& x, const at::Tensor& w1, const std::optional<at::Tensor>& b1,
                        const at::Tensor& w2, const std::optional<at::Tensor>& b2, int64_t stride, int64_t padding,
                        int64_t groups, const at::Tensor& w3, const std::optional<at::Tensor>& b3,
-                       const at::Tensor& residual) {
+                       const std::optional<at::Tensor>& residual, const std::optional<at::Tensor>& wp,
+                       const std::optional<at::Tensor>& bp) {
   const char* op = "x_block";
+  TORCH_CHECK(residual.has_value() != wp.has_value(), op,
+              ": expected exactly one shortcut, residual or wp (the projection's weight), got ",
+              residual ? "both" : "neither");
+  TORCH_CHECK(wp || !bp, op, ": bp (the projection's bias) must be None without wp");
   FusedConvs f;
   set_front(op, x, w1, b1, w2, b2, stride, padding, groups, true, f);
   TORCH_CHECK(w3.dim() == 4 && w3.size(2) == 1 && w3.size(3) == 1, op,
@@ -488,6 +495,16 @@ at::Tensor x_block_cpu(const at::Tensor& x, const at::Tensor& w1, const std::opt
   const std::vector<int64_t> mid_shape{f.k2.n, f.k2.c_out, f.k2.h_out, f.k2.w_out};
   f.k4 = conv_problem(op, "w2's output", mid_shape, x, "w3", w3, "b3", b3, 1, 0, 1, true, f.packed4);
   f.k2.post = &f.k4;
+  if (wp) {
+    TORCH_CHECK(wp->dim() == 4 && wp->size(2) == 1 && wp->size(3) == 1, op,
+                ": wp must be a 1x1 kernel [C_out, C_in, 1, 1], got ", wp->sizes());
+    f.kp = conv_problem(op, "x", x.sizes(), x, "wp", *wp, "bp", bp, stride, 0, 1, false, f.packedp);
+    set_input(f.kp, x);
+    TORCH_CHECK(f.kp.c_out == f.k4.c_out && f.kp.h_out == f.k4.h_out && f.kp.w_out == f.k4.w_out, op,
+                ": the projection's output [", f.kp.c_out, ", ", f.kp.h_out, ", ", f.kp.w_out,
+                "] must match the block's [", f.k4.c_out, ", ", f.k4.h_out, ", ", f.k4.w_out, "]");
+    f.k4.proj = &f.kp;
+  }
   return run_problem(op, f.k4, x, residual, nullptr, &f.k2);
 }
 

@@ -321,20 +321,21 @@ def pair_run(x, w1, b1, w2, b2, stride, padding, groups, relu, channel_sums):
     return pair_bind(x, w1, b1, w2, b2, stride, padding, groups, relu, channel_sums)(x, w1, b1, w2, b2)
 
 
-def x_block_supports(*, x, w1, b1, w2, b2, w3, b3, residual, stride=1, padding=None, groups=1,
+def x_block_supports(*, x, w1, b1, w2, b2, w3, b3, residual, stride=1, padding=None, groups=1, wp=None, bp=None,
                      forced=False) -> List[str]:
     return _common_reasons(x, (("residual", residual),)) + _middle_conv_reasons(w2, stride)
 
 
-def x_block_bind(x, w1, b1, w2, b2, w3, b3, residual, stride, padding, groups):
-    """x_block bound for this signature, as run(x, w1, b1, w2, b2, w3, b3, residual)."""
+def x_block_bind(x, w1, b1, w2, b2, w3, b3, residual, stride, padding, groups, wp=None, bp=None):
+    """x_block bound for this signature, as run(x, w1, b1, w2, b2, w3, b3, residual, wp, bp)."""
     op = native_call("x_block")
-    return lambda x, w1, b1, w2, b2, w3, b3, r: op(x, w1, b1, w2, b2, stride, padding, groups, w3, b3, r)
+    return lambda x, w1, b1, w2, b2, w3, b3, r, wp=None, bp=None: op(x, w1, b1, w2, b2, stride, padding, groups,
+                                                                     w3, b3, r, wp, bp)
 
 
-def x_block_run(x, w1, b1, w2, b2, w3, b3, residual, stride, padding, groups):
-    return x_block_bind(x, w1, b1, w2, b2, w3, b3, residual, stride, padding, groups)(x, w1, b1, w2, b2, w3, b3,
-                                                                                      residual)
+def x_block_run(x, w1, b1, w2, b2, w3, b3, residual, stride, padding, groups, wp=None, bp=None):
+    return x_block_bind(x, w1, b1, w2, b2, w3, b3, residual, stride, padding, groups, wp, bp)(
+        x, w1, b1, w2, b2, w3, b3, residual, wp, bp)
 
 
 def se_supports(*, x, w1, b1, w2, b2, residual=None, relu=False, sums=None, forced=False) -> List[str]:

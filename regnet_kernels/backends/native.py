@@ -71,8 +71,8 @@ if EXT is not None:
         return empty_like_layout(x, shape), x.new_empty((shape[0], shape[1]), dtype=torch.float32)
 
     @torch.library.register_fake(f"{NAMESPACE}::x_block")
-    def _x_block_fake(x, w1, b1, w2, b2, stride, padding, groups, w3, b3, residual):
-        _, shape = check_x_block(x, w1, b1, w2, b2, w3, b3, residual, stride, padding, groups)
+    def _x_block_fake(x, w1, b1, w2, b2, stride, padding, groups, w3, b3, residual, wp=None, bp=None):
+        _, shape = check_x_block(x, w1, b1, w2, b2, w3, b3, residual, stride, padding, groups, wp, bp)
         return empty_like_layout(x, shape)
 
     @torch.library.register_fake(f"{NAMESPACE}::se_gate")

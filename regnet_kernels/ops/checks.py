@@ -103,16 +103,29 @@ def check_conv1x1_conv(x, w1, b1, w2, b2, stride, padding, groups) -> Tuple[int,
     return check_conv_weights(x, mid_shape, "w1's output", w2, b2, stride, padding, groups, names=("w2", "b2"))
 
 
-def check_x_block(x, w1, b1, w2, b2, w3, b3, residual, stride, padding, groups
+def check_x_block(x, w1, b1, w2, b2, w3, b3, residual, stride, padding, groups, wp=None, bp=None
                   ) -> Tuple[int, Tuple[int, int, int, int]]:
-    """Validate x_block's arguments (conv1x1_conv_bn_act's, then w3 a 1x1 conv of its output and
-    the residual of the output's shape); return (padding of the middle conv, output shape)."""
+    """Validate x_block's arguments (conv1x1_conv_bn_act's, then w3 a 1x1 conv of its output, and
+    one shortcut: the residual of the output's shape, or wp (+ bp) a 1x1 conv of x with the middle
+    conv's stride giving that shape); return (padding of the middle conv, output shape)."""
     padding, mid_shape = check_conv1x1_conv(x, w1, b1, w2, b2, stride, padding, groups)
     _, out_shape = check_conv_weights(x, mid_shape, "w2's output", w3, b3, 1, None, 1, names=("w3", "b3"))
     if w3.shape[2] != 1:
         fail("w3", "a 1x1 kernel [C_out, C_mid, 1, 1]", list(w3.shape))
-    check_tensor("residual", residual, shape=out_shape, like=x)
-    check_same_dtype("residual", residual, x)
+    if (residual is None) == (wp is None):
+        fail("residual", "exactly one shortcut: residual, or wp (the projection's weight)",
+             "both" if residual is not None else "neither")
+    if wp is None:
+        if bp is not None:
+            fail("bp", "None without wp (it is the projection's bias)", "a tensor")
+        check_tensor("residual", residual, shape=out_shape, like=x)
+        check_same_dtype("residual", residual, x)
+        return padding, out_shape
+    _, proj_shape = check_conv_weights(x, tuple(x.shape), "x", wp, bp, stride, None, 1, names=("wp", "bp"))
+    if wp.shape[2] != 1:
+        fail("wp", "a 1x1 kernel [C_out, C_in, 1, 1]", list(wp.shape))
+    if proj_shape != out_shape:
+        fail("wp", f"a projection to the block's output shape {list(out_shape)}", list(proj_shape))
     return padding, out_shape
 
 
