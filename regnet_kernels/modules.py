@@ -40,7 +40,7 @@ from .ops import gated_conv1x1 as gated_op
 from .ops import x_block as x_block_op
 from .ops import se_gate as se_gate_op
 from .ops.fold_bn import fold_bn
-from .ops.checks import check_conv, empty_like_layout, fc_matrix
+from .ops.checks import fc_matrix
 from .memory import pooled_cpu_memory
 from .trials import Trials
 
