@@ -44,9 +44,16 @@ inline Vectorized<float> load_as_float(const T* p, int64_t count) {
   if constexpr (std::is_same_v<T, float>) {
     return Vectorized<float>::loadu(p, count);
   } else {
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
+    // A masked load (AVX-512) or a bounded copy into a zeroed vector (AVX2), then the low half
+    // widened: channel tails of bf16/fp16 rows (C = 104, 120, 440, ...) went lane by lane.
+    return std::get<0>(at::vec::convert_to_float<T>(Vectorized<T>::loadu(p, static_cast<int16_t>(count))));
+#else
+    // (The portable Vectorized<T>::loadu(p, count) leaves the other lanes uninitialised.)
     __at_align__ T buf[kFloatLanes];
     for (int64_t i = 0; i < kFloatLanes; ++i) buf[i] = i < count ? p[i] : T(0.f);
     return load_as_float(buf);
+#endif
   }
 }
 
