@@ -65,6 +65,12 @@ def stem_cases() -> List[ConvCase]:
             ConvCase(1, 3, 24, 9, 29, 3, 1, 1), ConvCase(2, 3, 48, 5, 57, 3, 2, 1), ConvCase(1, 3, 8, 1, 1, 3, 1, 1)]
 
 
+def out_hw(case: ConvCase):
+    """(H_out, W_out) of a case's conv with 'same' padding."""
+    pad = (case.k - 1) // 2
+    return ((case.h + 2 * pad - case.k) // case.stride + 1, (case.w + 2 * pad - case.k) // case.stride + 1)
+
+
 def random_tensor(shape, dtype=torch.float32, channels_last: bool = True, noncontig: bool = False,
                   generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """Fresh normal values (never zeros/ones only); optionally channels_last or a strided view."""

@@ -20,8 +20,8 @@ from regnet_kernels import dispatch
 from regnet_kernels.backends import cpu as cpu_backend
 from regnet_kernels.backends import native
 from regnet_kernels.testing import poison_outputs
-from tests.kernel_cases import (ConvCase, assert_accurate, fake_timed_routes, grouped_cases, pointwise_cases,
-                                random_tensor, stem_cases)
+from tests.kernel_cases import (ConvCase, assert_accurate, fake_timed_routes, grouped_cases, out_hw,
+                                pointwise_cases, random_tensor, stem_cases)
 
 pytestmark = pytest.mark.skipif(native.EXT is None, reason="regnet_kernels._C is not built")
 OPS = torch.ops.regnet_kernels
@@ -81,11 +81,6 @@ def conv_inputs(case: ConvCase, dtype, channels_last=True, noncontig=False, bias
     w = randn(case.c_out, case.c_in // case.groups, case.k, case.k, dtype=dtype) * (case.c_in // case.groups * case.k ** 2) ** -0.5
     b = randn(case.c_out, dtype=dtype) if bias else None
     return x, w, b
-
-
-def out_hw(case: ConvCase):
-    pad = (case.k - 1) // 2
-    return ((case.h + 2 * pad - case.k) // case.stride + 1, (case.w + 2 * pad - case.k) // case.stride + 1)
 
 
 # Each case gets one epilogue variant, rotating, so every variant meets every kind of shape.
@@ -613,7 +608,8 @@ def test_opcheck():
 # few shapes (ATen's ATEN_CPU_CAPABILITY override picks the variant at start-up).
 ISA_SCRIPT = textwrap.dedent("""
     import torch, regnet_kernels as rk
-    from tests.kernel_cases import ConvCase, grouped_cases, pointwise_cases, stem_cases, random_tensor, assert_accurate
+    from tests.kernel_cases import (ConvCase, grouped_cases, pointwise_cases, stem_cases, random_tensor,
+                                    assert_accurate, out_hw)
     from regnet_kernels.testing import poison_outputs
     # + group widths 4 and 12: paired groups where a vector has 8 lanes (odd and even group counts)
     paired = [ConvCase(2, 12, 12, 7, 9, 3, 1, 3), ConvCase(1, 16, 16, 6, 5, 3, 2, 4), ConvCase(1, 36, 36, 7, 7, 3, 1, 3)]
@@ -632,8 +628,7 @@ ISA_SCRIPT = textwrap.dedent("""
             x = random_tensor((case.n, case.c_in, case.h, case.w), dtype)
             w = (torch.randn(case.c_out, case.c_in // case.groups, case.k, case.k) / 8).to(dtype)
             b = torch.randn(case.c_out).to(dtype)
-            r = random_tensor((case.n, case.c_out, (case.h - 1) // case.stride + 1, (case.w - 1) // case.stride + 1),
-                              dtype)
+            r = random_tensor((case.n, case.c_out) + out_hw(case), dtype)
             kw = dict(stride=case.stride, groups=case.groups, residual=r, relu=True)
             with poison_outputs():
                 y = rk.conv_bn_act(x, w, b, backend="cpu", **kw)
