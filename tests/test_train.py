@@ -1,7 +1,6 @@
 """Trainer: learning, checkpoints, exact resume, atomic writes, config checks, DDP (gloo)."""
 
 import os
-import socket
 
 import pytest
 import torch
@@ -185,10 +184,11 @@ def test_mixed_precision_and_channels_last(tmp_path, data):
 # --- DDP on the CPU with gloo ------------------------------------------------------------------
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def agent_store():
+    """The rendezvous store, hosted here as torchrun's agent hosts it. Binding port 0 in this
+    process and keeping the socket open leaves no window for another process to take the port
+    (picking a free port and letting the workers bind it later does: a rare CI failure)."""
+    return torch.distributed.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
 
 
 def ddp_config(path, **kwargs):
@@ -201,8 +201,9 @@ def ddp_config(path, **kwargs):
 
 
 def ddp_worker(rank, port, path):
+    # TORCHELASTIC_USE_AGENT_STORE: the workers are clients of the test's store, as under torchrun.
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
-                      WORLD_SIZE="2")
+                      WORLD_SIZE="2", TORCHELASTIC_USE_AGENT_STORE="True")
     torch.set_num_threads(1)
     train, test = synthetic_datasets(128, 64, num_classes=4, image_size=16)
     try:
@@ -215,7 +216,8 @@ def ddp_worker(rank, port, path):
 
 def test_ddp_with_gloo_matches_one_process_over_the_same_global_batch(tmp_path):
     path = str(tmp_path / "ddp.pt")
-    mp.spawn(ddp_worker, args=(free_port(), path), nprocs=2, join=True)
+    store = agent_store()
+    mp.spawn(ddp_worker, args=(store.port, path), nprocs=2, join=True)
     train, test = synthetic_datasets(128, 64, num_classes=4, image_size=16)
     single = Trainer(tiny_model(), train, test, ddp_config(str(tmp_path / "single.pt")))
     history = single.train()
