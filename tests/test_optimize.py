@@ -107,7 +107,9 @@ def test_y_blocks_choose_their_schedule_and_agree(faster):
     large = [b.c.weight.numel() >= cpu_backend.ONEDNN_GATED_MIN_WEIGHTS for b in blocks]
     assert any(large) and not all(large), "the model no longer has both kinds of Y block"
     for block, is_large in zip(blocks, large):
-        expected = True if is_large else faster == "gate_in_se"
+        # The threshold was measured on AVX-512; on AVX2 every Y block times the two schedules.
+        at_once = is_large and torch.backends.cpu.get_cpu_capability() == "AVX512"
+        expected = True if at_once else faster == "gate_in_se"
         assert list(block.gate_in_se.values()) == [expected], (block.c.weight.shape, faster)
 
 
@@ -165,8 +167,12 @@ def test_block_times_k4_into_the_shortcut_and_keeps_the_faster(faster, monkeypat
     assert fused.plans, "the block made no plan once settled"
     key, chosen = next((k, v) for k, v in fused.c.route_trials.chosen.items() if "into_residual" in str(k))
     assert chosen == faster and not fused.c.route_trials.samples, (key, chosen)
-    # Every conv of the block settled on the faster route, K4 included.
-    assert all(set(conv.route_trials.chosen.values()) == {faster} for conv in (fused.a, fused.b, fused.c, fused.proj))
+    # Every conv of the block with two routes settled on the faster one, K4 included (on AVX2 the
+    # grouped conv has one route: nothing timed).
+    timed = [conv for conv in (fused.a, fused.b, fused.c, fused.proj) if conv.route_trials.chosen]
+    assert fused.a in timed and fused.c in timed and fused.proj in timed
+    assert (fused.b in timed) == (torch.backends.cpu.get_cpu_capability() == "AVX512")
+    assert all(set(conv.route_trials.chosen.values()) == {faster} for conv in timed)
 
 
 def _timed_extra(monkeypatch, op, name, cost, runs, now):

@@ -70,31 +70,44 @@ def conv_supports(*, x, weight, bias=None, stride=1, padding=None, groups=1, res
 # below) on an AVX-512 CPU, oneDNN's conv with bias, ReLU and the residual add in its post-ops, fed weights
 # reordered once into its blocked layout, beat our at::vec kernels on the RegNetY/X-400MF convs:
 # grouped 3x3 1.2-1.9x and 1x1 1.1-1.4x at batch 16, most shapes at batch 1, the stem 1.7-2.5x.
-# Our kernels keep fp16, CPUs without AVX-512, strided (non-dense) activations, which they
-# read in place where oneDNN would copy, and torch.compile (which traces our custom ops; Inductor
-# does its own oneDNN packing when freezing). K2's SE sums are then a separate pass of our
-# channel_sums kernel (oneDNN cannot emit them): still faster than our fused conv + sums kernel.
+# On AVX2 (oneDNN's AVX2 code, NOTES.md Step 18) only the groups-1 convs: 1x1 and the stem 1.02-1.83x
+# at batch 16, about even at batch 1; its grouped 3x3 was slower than ours at 27 of the 28 stage
+# shapes (up to 4x; 4% faster at the other).
+# Our kernels keep fp16, the grouped convs on AVX2, CPUs with neither, strided (non-dense)
+# activations, which they read in place where oneDNN would copy, and torch.compile (which traces
+# our custom ops; Inductor does its own oneDNN packing when freezing). K2's SE sums are then a
+# separate pass of our channel_sums kernel (oneDNN cannot emit them): still faster than our fused
+# conv + sums kernel.
 # The gated 1x1 (K4) stays ours below ONEDNN_GATED_MIN_WEIGHTS weights (C_out x C_in < 128 x 128):
 # there the extra pass x * gate that oneDNN needs costs more than it saves (batch 1, C=48..104:
-# ours 0.145-0.159 ms vs 0.179-0.189 ms; C=440: ours 0.38 ms vs 0.17 ms).
+# ours 0.145-0.159 ms vs 0.179-0.189 ms; C=440: ours 0.38 ms vs 0.17 ms). Measured on AVX-512
+# only: on AVX2 a fused Y block times the two schedules at every size (measure_gate_in_se).
 ONEDNN_GATED_MIN_WEIGHTS = 128 * 128
 # REGNET_KERNELS_CPU_ONEDNN=0 turns these routes off: every call then runs our kernels.
 ONEDNN_ENABLED = os.environ.get("REGNET_KERNELS_CPU_ONEDNN", "1") != "0"
-_AVX512 = torch.backends.cpu.get_cpu_capability() == "AVX512"
+# ATen's choice (cpuinfo, or ATEN_CPU_CAPABILITY), the one our kernels' ISA copy follows too.
+_CAPABILITY = torch.backends.cpu.get_cpu_capability()
+_AVX512 = _CAPABILITY == "AVX512"
+_AVX2 = _CAPABILITY == "AVX2"
 _HAS_ONEDNN = hasattr(torch.ops.mkldnn, "_convolution_pointwise") and hasattr(
     torch.ops.mkldnn, "_reorder_convolution_weight")
 # bf16 where oneDNN has native bf16 (AVX512-BF16 / AMX): 2-5x its fp32 speed here, 3-8x our bf16
 # kernel at batch 16 (NOTES.md). fp16 stays ours (not measured faster).
-ONEDNN_DTYPES = (torch.float32,) + ((torch.bfloat16,) if torch.backends.mkldnn.is_available()
+ONEDNN_DTYPES = (torch.float32,) + ((torch.bfloat16,) if _AVX512 and torch.backends.mkldnn.is_available()
                                     and torch.ops.mkldnn._is_mkldnn_bf16_supported() else ())
 
 
 def onednn_routes() -> str:
     """One line for `python -m regnet_kernels.info`: whether the oneDNN routes are on, and why not."""
-    why_not = [why for ok, why in ((ONEDNN_ENABLED, "REGNET_KERNELS_CPU_ONEDNN=0"), (_AVX512, "no AVX-512"),
+    why_not = [why for ok, why in ((ONEDNN_ENABLED, "REGNET_KERNELS_CPU_ONEDNN=0"),
+                                   (_AVX512 or _AVX2, f"ATen CPU capability {_CAPABILITY}, neither AVX-512 nor AVX2"),
                                    (_HAS_ONEDNN, "torch lacks mkldnn._convolution_pointwise")) if not ok]
     if why_not:
         return "cpu backend oneDNN routes: off (" + ", ".join(why_not) + "): our kernels serve every conv"
+    if _AVX2:
+        return ("cpu backend oneDNN routes (AVX2): on for fp32 dense channels-last groups-1 convs (1x1, the stem; "
+                "prepacked weights), timed against ours; grouped convs stay ours (oneDNN's AVX2 grouped conv measured slower); "
+                "REGNET_KERNELS_CPU_ONEDNN=0 turns them off")
     dtypes = "/".join(str(d).replace("torch.", "") for d in ONEDNN_DTYPES)
     return (f"cpu backend oneDNN routes: on for {dtypes} dense channels-last convs (prepacked weights), "
             f"gated 1x1 from {ONEDNN_GATED_MIN_WEIGHTS} weights; REGNET_KERNELS_CPU_ONEDNN=0 turns them off")
@@ -106,7 +119,8 @@ def _dense_cl(t) -> bool:
 
 def _use_onednn(x, weight, groups, residual) -> bool:
     k = weight.shape[-1]
-    return (ONEDNN_ENABLED and x.dtype in ONEDNN_DTYPES and _AVX512 and _HAS_ONEDNN and _dense_cl(x) and _dense_cl(residual)
+    return (ONEDNN_ENABLED and x.dtype in ONEDNN_DTYPES and (_AVX512 or (_AVX2 and groups == 1))
+            and _HAS_ONEDNN and _dense_cl(x) and _dense_cl(residual)
             and k in (1, 3)
             and not torch.compiler.is_compiling())
 
@@ -374,7 +388,8 @@ def separate_gate_pass(x, weight, residual) -> bool:
     """Whether gated_conv1x1 on these arguments gates x in a pass of its own (then the oneDNN
     1x1 conv) instead of on load in our kernel. A fused Y block then lets se_gate write x * gate
     in the SE op, which costs the same pass and saves the SE's small ops (FusedYBlock)."""
-    return weight.numel() >= ONEDNN_GATED_MIN_WEIGHTS and _use_onednn(x, weight[:, :, None, None], 1, residual)
+    return (weight.numel() >= ONEDNN_GATED_MIN_WEIGHTS and _AVX512
+            and _use_onednn(x, weight[:, :, None, None], 1, residual))
 
 
 def measure_gate_in_se(x, weight, residual) -> bool:
