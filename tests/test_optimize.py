@@ -528,8 +528,8 @@ def test_fused_conv_writes_into_the_residual_where_the_backend_can():
             name, _ = dispatch.select("conv_bn_act", backend, x=x, weight=fc.weight, bias=fc.bias, stride=1, padding=0,
                                       groups=1, residual=r, relu=True, channel_sums=False)
             into = dispatch.extra("conv_bn_act", name, "into_residual")
-            # The extra returns the routes to time, [] where none serves (the cpu backend without
-            # AVX-512); the first call runs the first route, the in-place one.
+            # The extra returns the routes to time, [] where none serves (no oneDNN route for these
+            # arguments on this CPU); the first call runs the first route, the in-place one.
             in_place = into is not None and len(into(x, fc.weight, fc.bias, 1, 0, 1, res.clone(), True)) > 0
             assert (y.data_ptr() == r.data_ptr()) == in_place, (backend, name)
             if not in_place:
