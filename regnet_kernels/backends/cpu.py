@@ -72,7 +72,8 @@ def conv_supports(*, x, weight, bias=None, stride=1, padding=None, groups=1, res
 # grouped 3x3 1.2-1.9x and 1x1 1.1-1.4x at batch 16, most shapes at batch 1, the stem 1.7-2.5x.
 # On AVX2 (oneDNN's AVX2 code, NOTES.md Step 18) only the groups-1 convs: 1x1 and the stem 1.02-1.83x
 # at batch 16, about even at batch 1; its grouped 3x3 was slower than ours at 27 of the 28 stage
-# shapes (up to 4x; 4% faster at the other).
+# shapes (up to 4x; 4% faster at the other). On a real AVX2 CPU (Zen 3, NOTES.md Step 19): grouped
+# 1.13-4.1x slower at all 28; the groups-1 routes 1.12x and 1.25x per regnetx/y_004 forward at batch 16.
 # Our kernels keep fp16, the grouped convs on AVX2, CPUs with neither, strided (non-dense)
 # activations, which they read in place where oneDNN would copy, and torch.compile (which traces
 # our custom ops; Inductor does its own oneDNN packing when freezing). K2's SE sums are then a
