@@ -7,6 +7,7 @@
 #include <string>
 
 #include "call_list.h"
+#include "call_signature.h"
 #include "common.h"
 #include "cpu/ops_cpu.h"
 #include "cpu/pool_allocator.h"
@@ -77,4 +78,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("cpu_pool_simulate_stale_free", &regnet_kernels::cpu_pool_simulate_stale_free,
         "Testing: free a block the pool has recorded with the wrong size (see pool_allocator.h)");
   regnet_kernels::bind_call_list(m);
+  regnet_kernels::bind_call_signature(m);
 }

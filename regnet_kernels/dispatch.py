@@ -14,6 +14,11 @@ serve these arguments; empty means it can) and an implementation taking the same
 cannot serve, the error lists its reasons. ``explain(op, **args)`` returns every backend's
 verdict, which ``python -m regnet_kernels.info`` prints.
 
+The public ops check their arguments and select a backend once per call signature
+(``resolve_once``): what the checks and the choice read is the key (``call_key``), so a repeated
+call skips ~5-10 us of Python (bench/NOTES.md, Step 20). ``REGNET_KERNELS_RESOLVE_CACHE=0`` turns
+this off; ``clear_resolved()`` forgets the choices (after changing a backend module's settings).
+
 A backend may also register named extras with an op: options fused modules use when the chosen
 backend has them (``extra(op, backend, name)``), so modules never name a backend:
 
@@ -28,6 +33,9 @@ backend has them (``extra(op, backend, name)``), so modules never name a backend
                        these arguments depends on the machine: a fused conv times them on its
                        first calls and keeps the fastest (empty: bind, or run); the cpu
                        backend's own run does the same per argument signature
+                   for_signature(*args of run) -> the run for every call with the same
+                       signature: the public op's resolve cache (below) holds it instead of run,
+                       so the backend's per-signature choices are looked up once, not per call
     conv1x1_conv_bn_act  bind(*args of run) -> run(x, w1, b1, w2, b2): as conv_bn_act's; a fused
                    block offers the op (K1 and K2 in one) only on backends that have it, and
                    times it against its two convs
@@ -44,10 +52,15 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor
+
+from . import _ext
 
 __all__ = ["AUTO_ORDER", "BACKENDS", "register", "extra", "load_backends", "select", "explain", "BackendUnavailable",
-           "forced_backend", "signature"]
+           "forced_backend", "signature", "call_key", "resolve_once", "for_signature", "clear_resolved"]
 
 AUTO_ORDER = ("cuda", "triton", "cpu", "eager")
 BACKENDS = AUTO_ORDER
@@ -63,7 +76,7 @@ class BackendUnavailable(RuntimeError):
     """A forced backend cannot run the given arguments; the message lists why."""
 
 
-EXTRAS = {"conv_bn_act": ("bind", "into_residual", "routes"), "conv1x1_conv_bn_act": ("bind",), "x_block": ("bind",),
+EXTRAS = {"conv_bn_act": ("bind", "into_residual", "routes", "for_signature"), "conv1x1_conv_bn_act": ("bind",), "x_block": ("bind",),
           "gated_conv1x1": ("separate_gate_pass", "measure_gate_in_se")}
 
 
@@ -89,6 +102,7 @@ def register(op: str, backend: str, supports: Callable[..., List[str]], run: Cal
         raise ValueError(f"extras {sorted(unknown)}: expected names from {EXTRAS.get(op, ())} for {op}")
     _REGISTRY.setdefault(op, {})[backend] = _Impl(supports, run, extras)
     _AUTO_CANDIDATES.clear()
+    clear_resolved()
 
 
 def extra(op: str, backend: str, name: str) -> Optional[Callable]:
@@ -161,3 +175,63 @@ def select(op: str, backend: Optional[str] = None, **args) -> Tuple[str, Callabl
             return name, impl.run
     verdicts = "; ".join(f"{n}: {', '.join(r)}" for n, r in explain(op, **args))
     raise BackendUnavailable(f"{op}: no backend can serve these arguments ({verdicts})")
+
+
+# The public ops' resolved calls: op -> call_key -> what the op's resolve returned. Bounded: a
+# caller sweeping shapes must not grow it without limit.
+_RESOLVED: Dict[str, dict] = {}
+_RESOLVED_MAX = 4096
+RESOLVE_CACHE = os.environ.get("REGNET_KERNELS_RESOLVE_CACHE", "1") != "0"
+
+
+def call_key(tensors: Sequence[Optional[Tensor]], scalars: tuple, backend: Optional[str]) -> Optional[tuple]:
+    """The key of a public op call for resolve_once: everything its argument checks and backend
+    choice read. The extension's call_signature packs the tensors' part (per tensor its Python
+    type, shape, strides, dtype, device and requires_grad), grad mode (the triton backend refuses
+    inputs that need grad), $REGNET_KERNELS_BACKEND and $TRITON_INTERPRET: ~1 us for an SE op's
+    seven tensors, where the same tuples built in Python cost ~3.5. Then the scalars' values and
+    Python types (stride=True and stride=1.0 equal 1 but fail the checks) and `backend`. None
+    (resolve this call anew): under torch.compile (dynamo traces the op, not this Python state),
+    with the cache off or the extension not built, or for an argument call_signature does not key
+    (not a tensor where one is expected: the checks then name it)."""
+    if not RESOLVE_CACHE or torch.compiler.is_compiling():
+        return None
+    ext = _ext.load()
+    if ext is None:
+        return None
+    sig = ext.call_signature(*tensors)
+    if sig is None:
+        return None
+    return sig, scalars, tuple(map(type, scalars)), backend
+
+
+def resolve_once(op: str, key: Optional[tuple], resolve: Callable, *args):
+    """resolve(*args) (an op's checks and backend choice), once per key (call_key; None: every
+    call). A call that fails its checks raises every time: nothing is kept for it."""
+    if key is None:
+        return resolve(*args)
+    cache = _RESOLVED.get(op)
+    if cache is None:
+        cache = _RESOLVED[op] = {}
+    try:
+        hit = cache.get(key)
+    except TypeError:  # an unhashable scalar (a list for stride): the checks name it
+        return resolve(*args)
+    if hit is None:
+        hit = resolve(*args)
+        if len(cache) >= _RESOLVED_MAX:
+            cache.clear()
+        cache[key] = hit
+    return hit
+
+
+def for_signature(op: str, name: str, run: Callable, *args) -> Callable:
+    """The run of backend `name` for every call with the signature of `args` (run's arguments): its
+    `for_signature` extra's, where it registered one, else `run` itself."""
+    make = extra(op, name, "for_signature")
+    return run if make is None else make(*args)
+
+
+def clear_resolved() -> None:
+    """Forget every public op's resolved calls (resolve_once)."""
+    _RESOLVED.clear()

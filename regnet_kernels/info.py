@@ -69,7 +69,11 @@ def report() -> str:
     lines.append(f"auto order: {order}; ${dispatch.ENV_VAR}={forced or '(unset: auto)'}")
     extras = [f"{b}: {op}.{e}" for op, names in dispatch.EXTRAS.items() for e in names for b in dispatch.AUTO_ORDER
               if dispatch.extra(op, b, e) is not None]
-    lines.append("backend extras used by the fused modules: " + (", ".join(extras) or "none"))
+    lines.append("backend extras (for the fused modules and the public ops): " + (", ".join(extras) or "none"))
+    cache = ("off (REGNET_KERNELS_RESOLVE_CACHE=0)" if not dispatch.RESOLVE_CACHE else
+             "off (it keys with the extension, not built)" if ext is None else
+             "on; REGNET_KERNELS_RESOLVE_CACHE=0 turns it off")
+    lines.append(f"public ops check their arguments and choose a backend once per call signature: {cache}")
     for name, err in IMPORT_ERRORS.items():
         lines.append(f"backend {name} failed to import: {err}")
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])

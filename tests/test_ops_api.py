@@ -8,6 +8,7 @@ from torch import nn
 import regnet_kernels as rk
 from regnet_kernels import dispatch
 from kernel_cases import assert_accurate, grouped_cases, random_tensor
+from regnet_kernels.testing import poison_outputs
 
 
 def _conv_args(n=2, c=16, h=7, groups=2, k=3, dtype=torch.float32):
@@ -277,7 +278,7 @@ def test_info_report_states_order_devices_extras_and_choices():
     text = info.report()
     order = next(line for line in text.splitlines() if line.startswith("auto order: "))
     assert all(f"{name} (" in order for name in dispatch.AUTO_ORDER), order
-    extras = next(line for line in text.splitlines() if line.startswith("backend extras used by the fused modules: "))
+    extras = next(line for line in text.splitlines() if line.startswith("backend extras (for the fused modules and the public ops): "))
     for op, names in dispatch.EXTRAS.items():
         for e in names:
             for b in dispatch.AUTO_ORDER:
@@ -347,3 +348,184 @@ def test_ops_trace_under_torch_compile_fullgraph():
 
     compiled = torch.compile(block, fullgraph=True, backend="eager")
     torch.testing.assert_close(compiled(x), block(x))
+
+
+# ---- the public ops resolve once per call signature (dispatch.resolve_once) ------------------
+
+needs_ext = pytest.mark.skipif(rk._ext.load() is None, reason="the resolve cache keys with the extension's "
+                               "call_signature; without the extension every call is resolved anew")
+
+
+def _public(op, a, **kw):
+    """The public op on _sample_args(op)'s arguments."""
+    if op == "conv_bn_act":
+        return rk.conv_bn_act(a["x"], a["weight"], a["bias"], stride=a["stride"], groups=a["groups"], **kw)
+    if op == "conv1x1_conv_bn_act":
+        return rk.conv1x1_conv_bn_act(a["x"], a["w1"], a["b1"], a["w2"], a["b2"], stride=a["stride"],
+                                      groups=a["groups"], **kw)
+    if op == "x_block":
+        return rk.x_block(a["x"], a["w1"], a["b1"], a["w2"], a["b2"], a["w3"], a["b3"], a["residual"],
+                          stride=a["stride"], groups=a["groups"], **kw)
+    if op == "se_excite":
+        return rk.se_excite(a["x"], a["hw"], a["w1"], a["b1"], a["w2"], a["b2"], **kw)
+    if op == "se_gate":
+        return rk.se_gate(a["x"], a["w1"], a["b1"], a["w2"], a["b2"], relu=True, **kw)
+    return rk.gated_conv1x1(a["x"], a["gate"], a["weight"], a["bias"], **kw)
+
+
+def _count_selects(monkeypatch):
+    chosen = []
+    select = dispatch.select
+
+    def counted(op, backend=None, **args):
+        name, run = select(op, backend, **args)
+        chosen.append(name)
+        return name, run
+    monkeypatch.setattr(dispatch, "select", counted)
+    return chosen
+
+
+@needs_ext
+@pytest.mark.parametrize("op", ["conv_bn_act", "conv1x1_conv_bn_act", "x_block", "se_excite", "se_gate",
+                                "gated_conv1x1"])
+def test_public_op_resolves_a_signature_once_and_stays_accurate(op, monkeypatch):
+    """Repeated calls with fresh values of one signature check and select once; every output
+    matches the float64 eager reference; another signature (batch 3) is resolved on its own."""
+    chosen = _count_selects(monkeypatch)
+    for batch in (2, 3):
+        before = len(chosen)
+        for _ in range(4):
+            a = _sample_args(op)
+            if batch == 3:
+                a = {k: (torch.cat([v, v[:1]]) if k in ("x", "gate") else v) for k, v in a.items()}
+            a = {k: (torch.randn_like(v) if isinstance(v, torch.Tensor) and k != "x" else v) for k, v in a.items()}
+            if op == "x_block":
+                a["residual"] = torch.randn_like(a["x"])
+            with poison_outputs():
+                out = _public(op, a)
+            ref = _public(op, {k: v.double() if isinstance(v, torch.Tensor) else v for k, v in a.items()},
+                          backend="eager")
+            for o, r in zip(*((out, ref) if isinstance(out, tuple) else ((out,), (ref,)))):
+                assert_accurate(o, r, what=f"{op} batch {batch}")
+        # The eager reference calls resolve (float64 signature) once per batch too.
+        assert len(chosen) - before == 2, chosen
+
+
+@needs_ext
+@pytest.mark.parametrize("mutate,error,match", [
+    (lambda a: {**a, "stride": True}, ValueError, "stride: expected one of"),
+    (lambda a: {**a, "groups": True}, ValueError, "groups: expected an integer"),
+    (lambda a: {**a, "bias": a["bias"].double()}, ValueError, "bias: expected dtype"),
+    (lambda a: {**a, "bias": a["bias"][:15]}, ValueError, "bias: expected shape"),
+    (lambda a: {**a, "residual": torch.randn(2, 16, 6, 6)}, ValueError, "residual: expected shape"),
+    (lambda a: {**a, "x": a["x"].to("meta")}, ValueError, "weight: expected a tensor on meta"),
+    (lambda a: {**a, "weight": a["weight"].tolist()}, TypeError, "weight: expected a torch.Tensor"),
+    (lambda a: {**a, "stride": [1]}, ValueError, "stride: expected one of"),
+    (lambda a: {**a, "backend": "cuda"}, rk.BackendUnavailable, "backend 'cuda' cannot serve"),
+])
+def test_resolved_call_still_rejects_what_differs(mutate, error, match):
+    """After a good call is resolved, a call differing in anything the checks or the choice read
+    (a scalar's type, a dtype, a shape, a device, a non-tensor, an unhashable scalar, the backend)
+    is checked anew and fails, every time; the good call still runs."""
+    x, w, b = _conv_args()
+    good = dict(x=x, weight=w, bias=b, stride=1, groups=2, residual=None)
+    first = rk.conv_bn_act(**good)
+    for _ in range(2):
+        with pytest.raises(error, match=match):
+            rk.conv_bn_act(**mutate(good))
+    # (The cpu backend may time two routes on a signature's first calls: equal to fp32 rounding.)
+    torch.testing.assert_close(rk.conv_bn_act(**good), first, rtol=1e-5, atol=1e-5)
+
+
+@needs_ext
+def test_resolved_call_follows_the_scalar_arguments():
+    """The same tensors with another stride, ReLU or channel_sums are other signatures: each call
+    matches the float64 reference (a cache keyed on the tensors alone would run the first one's
+    stride and epilogue)."""
+    x, w, b = _conv_args(c=16, h=9)
+    variants = [dict(stride=1), dict(stride=2), dict(stride=1, relu=False), dict(stride=2, channel_sums=True),
+                dict(stride=1)]
+    for kw in variants * 2:
+        with poison_outputs():
+            out = rk.conv_bn_act(x, w, b, groups=2, **kw)
+        ref = rk.conv_bn_act(x.double(), w.double(), b.double(), groups=2, backend="eager", **kw)
+        for o, r in zip(*((out, ref) if isinstance(out, tuple) else ((out,), (ref,)))):
+            assert o.shape == r.shape, kw
+            assert_accurate(o, r, what=str(kw))
+
+
+@needs_ext
+def test_resolved_call_follows_the_environment_and_grad_mode(monkeypatch):
+    """$REGNET_KERNELS_BACKEND and grad mode with inputs that need grad are part of the key: a
+    resolved auto call does not hide a forced backend that cannot serve, nor skip re-selection."""
+    chosen = _count_selects(monkeypatch)
+    x, w, b = _conv_args()
+    rk.conv_bn_act(x, w, b, groups=2)
+    rk.conv_bn_act(x, w, b, groups=2)
+    assert len(chosen) == 1
+    monkeypatch.setenv("REGNET_KERNELS_BACKEND", "cuda")
+    with pytest.raises(rk.BackendUnavailable, match="cuda"):
+        rk.conv_bn_act(x, w, b, groups=2)
+    monkeypatch.setenv("REGNET_KERNELS_BACKEND", "eager")
+    rk.conv_bn_act(x, w, b, groups=2)
+    assert chosen[-1] == "eager"
+    monkeypatch.delenv("REGNET_KERNELS_BACKEND")
+    rk.conv_bn_act(x, w, b, groups=2)
+    assert len(chosen) == 2, chosen  # the auto call's resolution, kept
+    xg = x.detach().clone().requires_grad_()
+    rk.conv_bn_act(xg, w, b, groups=2)
+    with torch.no_grad():
+        rk.conv_bn_act(xg, w, b, groups=2)
+    assert len(chosen) == 4, chosen
+
+
+@needs_ext
+def test_resolved_calls_are_bounded(monkeypatch):
+    monkeypatch.setattr(dispatch, "_RESOLVED_MAX", 3)
+    for h in range(5, 11):
+        x, w, b = _conv_args(h=h)
+        rk.conv_bn_act(x, w, b, groups=2)
+    assert 1 <= len(dispatch._RESOLVED["conv_bn_act"]) <= 3
+
+
+@needs_ext
+def test_resolve_cache_off_resolves_every_call(monkeypatch):
+    monkeypatch.setattr(dispatch, "RESOLVE_CACHE", False)
+    chosen = _count_selects(monkeypatch)
+    x, w, b = _conv_args()
+    for _ in range(3):
+        rk.conv_bn_act(x, w, b, groups=2)
+    assert len(chosen) == 3 and "conv_bn_act" not in dispatch._RESOLVED
+
+
+@needs_ext
+def test_call_signature_tells_apart_every_field_it_keys(monkeypatch):
+    """The extension's key differs for each field the checks or choices read, is equal for an
+    equal tensor, and is None for what it must not key (not a tensor, a sparse tensor)."""
+    sig = rk._ext.load().call_signature
+    x = random_tensor((2, 8, 5, 5))
+    variants = {
+        "same": sig(torch.randn_like(x)),
+        "shape": sig(random_tensor((2, 8, 5, 6))),
+        "strides": sig(x.contiguous()),
+        "dtype": sig(x.double()),
+        "device": sig(torch.empty_like(x, device="meta")),
+        "requires_grad": sig(x.detach().requires_grad_()),
+        "type": sig(nn.Parameter(x, requires_grad=False)),
+        "None": sig(None),
+        "two": sig(x, None),
+    }
+    base = sig(x)
+    assert variants.pop("same") == base and isinstance(base, bytes)
+    keys = [base] + list(variants.values())
+    assert len(set(keys)) == len(keys), variants
+    with torch.no_grad():
+        assert sig(x) != base
+    monkeypatch.setenv("REGNET_KERNELS_BACKEND", "eager")
+    assert sig(x) != base
+    monkeypatch.delenv("REGNET_KERNELS_BACKEND")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert sig(x) != base
+    monkeypatch.delenv("TRITON_INTERPRET")
+    assert sig(x) == base
+    assert sig([1.0]) is None and sig(x, 3) is None and sig(x.to_sparse()) is None

@@ -273,6 +273,13 @@ def conv_run(x, weight, bias, stride, padding, groups, residual, relu, channel_s
     args = (x, weight, bias, stride, padding, groups, residual, relu, channel_sums)
     if not TIMED_ROUTES or torch.compiler.is_compiling():
         return conv_bind(*args)(x, weight, bias, residual)
+    key, runs = _public_routes(args)
+    return _PUBLIC_TRIALS.run(key, runs, x, weight, bias, residual)[0]
+
+
+def _public_routes(args):
+    """(signature key, bound routes) of the public op for run's arguments `args`."""
+    x, weight, bias, stride, padding, groups, residual, relu, channel_sums = args
     key = dispatch.signature(x, weight, bias, residual, flags=(stride, padding, groups, relu, channel_sums))
     runs = _PUBLIC_ROUTES.get(key)
     if runs is None:
@@ -281,7 +288,28 @@ def conv_run(x, weight, bias, stride, padding, groups, residual, relu, channel_s
             _PUBLIC_TRIALS.clear()
         binders = conv_routes(*args)
         runs = _PUBLIC_ROUTES[key] = [bind(*args) for bind in binders] if binders else [conv_bind(*args)]
-    return _PUBLIC_TRIALS.run(key, runs, x, weight, bias, residual)[0]
+    return key, runs
+
+
+def conv_for_signature(x, weight, bias, stride, padding, groups, residual, relu, channel_sums):
+    """conv_run for every call with this argument signature (the `for_signature` extra, which the
+    public op's resolve cache holds): the signature's routes found once, and once their timing has
+    chosen, the chosen route called with no lookup (~4 us a call less at batch 1)."""
+    args = (x, weight, bias, stride, padding, groups, residual, relu, channel_sums)
+    if not TIMED_ROUTES:
+        bound = conv_bind(*args)
+        return lambda x, weight, bias, stride, padding, groups, residual, relu, channel_sums: bound(
+            x, weight, bias, residual)
+    key, runs = _public_routes(args)
+    settled = None
+
+    def run(x, weight, bias, stride, padding, groups, residual, relu, channel_sums):
+        nonlocal settled
+        if settled is not None:
+            return settled(x, weight, bias, residual)
+        out, settled = _PUBLIC_TRIALS.run(key, runs, x, weight, bias, residual)
+        return out
+    return run
 
 
 def conv_into_residual(x, weight, bias, stride, padding, groups, residual, relu):
@@ -410,7 +438,7 @@ def gated_run(x, gate, weight, bias, residual, relu):
 
 
 dispatch.register("conv_bn_act", NAME, conv_supports, conv_run, into_residual=conv_into_residual, routes=conv_routes,
-                  bind=conv_bind)
+                  bind=conv_bind, for_signature=conv_for_signature)
 dispatch.register("conv1x1_conv_bn_act", NAME, pair_supports, pair_run, bind=pair_bind)
 dispatch.register("x_block", NAME, x_block_supports, x_block_run, bind=x_block_bind)
 dispatch.register("se_gate", NAME, se_supports, se_run)

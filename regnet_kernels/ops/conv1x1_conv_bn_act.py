@@ -50,7 +50,9 @@ def conv1x1_conv_bn_act(
         backend: 'auto' (default) or one of dispatch.BACKENDS.
     Returns y, or (y, sums) when channel_sums.
     """
-    padding, _, run = resolve(x, w1, b1, w2, b2, stride, padding, groups, relu, channel_sums, backend)
+    key = dispatch.call_key((x, w1, b1, w2, b2), (stride, padding, groups, relu, channel_sums), backend)
+    padding, _, run = dispatch.resolve_once(OP, key, resolve, x, w1, b1, w2, b2, stride, padding, groups, relu,
+                                            channel_sums, backend)
     return run(x, w1, b1, w2, b2, stride, padding, groups, relu, channel_sums)
 
 

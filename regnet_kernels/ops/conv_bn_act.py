@@ -46,7 +46,9 @@ def conv_bn_act(
         backend: 'auto' (default) or one of dispatch.BACKENDS; see regnet_kernels.dispatch.
     Returns y, or (y, sums) when channel_sums.
     """
-    padding, _, run = resolve(x, weight, bias, stride, padding, groups, residual, relu, channel_sums, backend)
+    key = dispatch.call_key((x, weight, bias, residual), (stride, padding, groups, relu, channel_sums), backend)
+    padding, run = dispatch.resolve_once(OP, key, _resolve_call, x, weight, bias, stride, padding, groups, residual,
+                                         relu, channel_sums, backend, key is not None)
     return run(x, weight, bias, stride, padding, groups, residual, relu, channel_sums)
 
 
@@ -57,6 +59,16 @@ def resolve(x, weight, bias, stride, padding, groups, residual, relu, channel_su
     name, run = dispatch.select(OP, backend, x=x, weight=weight, bias=bias, stride=stride, padding=padding,
                                 groups=groups, residual=residual, relu=relu, channel_sums=channel_sums)
     return padding, name, run
+
+
+def _resolve_call(x, weight, bias, stride, padding, groups, residual, relu, channel_sums, backend, kept):
+    """resolve() for the public op: (padding, run), run being the backend's run for every call of
+    this signature when the result is kept (dispatch.resolve_once)."""
+    padding, name, run = resolve(x, weight, bias, stride, padding, groups, residual, relu, channel_sums, backend)
+    if kept:
+        run = dispatch.for_signature(OP, name, run, x, weight, bias, stride, padding, groups, residual, relu,
+                                     channel_sums)
+    return padding, run
 
 
 def conv_bn_act_eager(x, weight, bias, stride, padding, groups, residual, relu, channel_sums):

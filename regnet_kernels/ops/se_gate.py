@@ -26,7 +26,8 @@ def se_excite(sums: Tensor, hw: int, w1: Tensor, b1: Tensor, w2: Tensor, b2: Ten
               backend: Optional[str] = None) -> Tensor:
     """K3, the SE MLP on fp32 [N, C] sums of a map of hw pixels: fp32 gate [N, C] (float64 for
     float64 sums). w1: [C_se, C], w2: [C, C_se] (FC weights, or 1x1 conv weights)."""
-    run = resolve_excite(sums, hw, w1, b1, w2, b2, backend)
+    key = dispatch.call_key((sums, w1, b1, w2, b2), (hw,), backend)
+    run = dispatch.resolve_once(EXCITE_OP, key, resolve_excite, sums, hw, w1, b1, w2, b2, backend)
     return run(sums, hw, w1, b1, w2, b2)
 
 
@@ -65,7 +66,8 @@ def se_gate(
         residual: [N, C, H, W] added after gating (the block's shortcut); relu: ReLU last.
         sums: fp32 [N, C] sums of x over H, W, used instead of re-reading x for the mean.
     """
-    run = resolve(x, w1, b1, w2, b2, residual, relu, sums, backend)
+    key = dispatch.call_key((x, w1, b1, w2, b2, residual, sums), (relu,), backend)
+    run = dispatch.resolve_once(OP, key, resolve, x, w1, b1, w2, b2, residual, relu, sums, backend)
     return run(x, w1, b1, w2, b2, residual, relu, sums)
 
 

@@ -38,8 +38,10 @@ def x_block(x: Tensor, w1: Tensor, b1: Optional[Tensor], w2: Tensor, b2: Optiona
     proj_bias [C_out] or None), the projection conv1x1(x, proj_weight, stride) + proj_bias, which
     the cpu backend computes row by row inside the op instead of reading a stored shortcut.
     Returns y [N, C_out, H_out, W_out] in x's layout."""
-    padding, _, run = resolve(x, w1, b1, w2, b2, w3, b3, residual, stride, padding, groups, backend,
-                              proj_weight, proj_bias)
+    key = dispatch.call_key((x, w1, b1, w2, b2, w3, b3, residual, proj_weight, proj_bias), (stride, padding, groups),
+                            backend)
+    padding, _, run = dispatch.resolve_once(OP, key, resolve, x, w1, b1, w2, b2, w3, b3, residual, stride, padding,
+                                            groups, backend, proj_weight, proj_bias)
     return run(x, w1, b1, w2, b2, w3, b3, residual, stride, padding, groups, proj_weight, proj_bias)
 
 
