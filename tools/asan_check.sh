@@ -5,7 +5,8 @@
 # bad-input checks, the AVX2 and default ISA copies; tests/test_memory_pool.py: the CPU memory
 # pool; tests/test_optimize.py: whole optimized models on the pool, after the pool's tests, the
 # order in which ASan first caught a pool bug; tests/test_replay.py: CallList, the recorded op
-# calls replayed from C++) under it.
+# calls replayed from C++; tests/test_ops_api.py: every op's bad input through the public API and
+# call_signature, the resolve cache's key, on odd arguments) under it.
 # Exit status: non-zero if the build fails, a test fails, or ASan reports anything.
 #
 #   tools/asan_check.sh            # about 3.5 minutes on 2 cores (build ~165 s, tests ~30 s)
@@ -40,7 +41,7 @@ PRELOAD="$(gcc -print-file-name=libasan.so) $(g++ -print-file-name=libstdc++.so)
 export ASAN_OPTIONS="detect_leaks=0:halt_on_error=1:abort_on_error=0:log_path=$SCRATCH/asan_report"
 start=$(date +%s)
 set +e
-LD_PRELOAD="$PRELOAD" PYTHONPATH=. python3 -m pytest tests/test_cpu_backend.py tests/test_memory_pool.py tests/test_optimize.py tests/test_replay.py -q -p no:cacheprovider -x
+LD_PRELOAD="$PRELOAD" PYTHONPATH=. python3 -m pytest tests/test_cpu_backend.py tests/test_memory_pool.py tests/test_optimize.py tests/test_replay.py tests/test_ops_api.py -q -p no:cacheprovider -x
 status=$?
 set -e
 echo "asan_check: tests took $(( $(date +%s) - start )) s, pytest exit status $status"
