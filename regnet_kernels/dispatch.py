@@ -16,8 +16,9 @@ verdict, which ``python -m regnet_kernels.info`` prints.
 
 The public ops check their arguments and select a backend once per call signature
 (``resolve_once``): what the checks and the choice read is the key (``call_key``), so a repeated
-call skips ~5-10 us of Python (bench/NOTES.md, Step 20). ``REGNET_KERNELS_RESOLVE_CACHE=0`` turns
-this off; ``clear_resolved()`` forgets the choices (after changing a backend module's settings).
+call skips 5-11 us of Python at batch 1 (bench/NOTES.md, Step 20).
+``REGNET_KERNELS_RESOLVE_CACHE=0`` turns this off; ``clear_resolved()`` forgets the choices (after
+changing a backend module's settings).
 
 A backend may also register named extras with an op: options fused modules use when the chosen
 backend has them (``extra(op, backend, name)``), so modules never name a backend:
@@ -76,8 +77,8 @@ class BackendUnavailable(RuntimeError):
     """A forced backend cannot run the given arguments; the message lists why."""
 
 
-EXTRAS = {"conv_bn_act": ("bind", "into_residual", "routes", "for_signature"), "conv1x1_conv_bn_act": ("bind",), "x_block": ("bind",),
-          "gated_conv1x1": ("separate_gate_pass", "measure_gate_in_se")}
+EXTRAS = {"conv_bn_act": ("bind", "into_residual", "routes", "for_signature"), "conv1x1_conv_bn_act": ("bind",),
+          "x_block": ("bind",), "gated_conv1x1": ("separate_gate_pass", "measure_gate_in_se")}
 
 
 @dataclass

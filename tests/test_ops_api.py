@@ -278,7 +278,8 @@ def test_info_report_states_order_devices_extras_and_choices():
     text = info.report()
     order = next(line for line in text.splitlines() if line.startswith("auto order: "))
     assert all(f"{name} (" in order for name in dispatch.AUTO_ORDER), order
-    extras = next(line for line in text.splitlines() if line.startswith("backend extras (for the fused modules and the public ops): "))
+    extras = next(line for line in text.splitlines()
+                  if line.startswith("backend extras (for the fused modules and the public ops): "))
     for op, names in dispatch.EXTRAS.items():
         for e in names:
             for b in dispatch.AUTO_ORDER:
